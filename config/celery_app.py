@@ -1,0 +1,91 @@
+"""The Celery app, configured from Settings in one place (saleor's celeryconf habit)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import before_task_publish
+from kombu import Exchange, Queue
+
+from config.queues import QUEUES, celery_routes
+from config.settings import Settings, get_settings
+
+# Worker-side task modules. Heavy libraries (Pillow, boto3, ...) are imported inside the
+# functions that use them, so a worker that never resizes never pays for Pillow.
+TASK_MODULES = (
+    "tasks.diagnostics",
+    "tasks.photos",
+    "tasks.feeds",
+    "tasks.push",
+    "tasks.social",
+    "tasks.webhooks",
+    "tasks.maintenance",
+)
+
+
+def celery_config(s: Settings) -> dict[str, Any]:
+    exchange = Exchange("farm", type="direct")
+    return {
+        "broker_url": s.broker_url,
+        "result_backend": s.result_backend,
+        # JSON only: a pickle message is code execution for whoever can write to the broker.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "event_serializer": "json",
+        # At-least-once delivery: ack after the task, requeue if its process dies.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {"visibility_timeout": s.visibility_timeout},
+        "result_backend_transport_options": {"visibility_timeout": s.visibility_timeout},
+        "task_time_limit": s.task_time_limit,
+        "task_soft_time_limit": s.task_soft_time_limit or None,
+        # Results only for the tasks that ask (diag.ping); everything else reports via Redis.
+        "task_ignore_result": True,
+        "result_expires": 3600,
+        "task_store_errors_even_if_ignored": False,
+        # Flower needs the events.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": False,
+        # Queues are declared, never invented: a typo in a route is an error, not a new queue.
+        "task_queues": [Queue(q, exchange, routing_key=q) for q in QUEUES],
+        "task_default_exchange": "farm",
+        "task_default_queue": "maintenance",
+        "task_default_routing_key": "maintenance",
+        "task_create_missing_queues": False,
+        "task_routes": celery_routes(),
+        "imports": TASK_MODULES + s.extra_imports,
+        "worker_hijack_root_logger": True,
+        "worker_redirect_stdouts": False,
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
+
+
+def make_app(s: Settings | None = None) -> Celery:
+    s = s or get_settings()
+    celery = Celery("photofarm", set_as_current=True)
+    celery.conf.update(celery_config(s))
+    if s.strict_args:
+        _install_publish_check(s.max_arg_bytes)
+    return celery
+
+
+def _install_publish_check(limit: int) -> None:
+    # Sentry's habit: in tests every published message proves its arguments are small JSON.
+    from tasks.args import check_small_json
+
+    @before_task_publish.connect(weak=False)
+    def _check(body: Any = None, headers: dict | None = None, **_: Any) -> None:
+        args, kwargs, _embed = body if isinstance(body, (list, tuple)) else ((), {}, None)
+        name = (headers or {}).get("task", "?")
+        check_small_json(name, args, kwargs, limit)
+
+
+app = make_app()

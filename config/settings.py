@@ -1,0 +1,224 @@
+"""One typed settings object, read from FARM_* environment variables (and an optional .env).
+
+Every field maps to ``FARM_<NAME>``; secret fields may instead be read from the file named by
+``FARM_<NAME>_FILE``. A bad value stops start-up with one line naming the variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from functools import cache
+from pathlib import Path
+from typing import Any, get_type_hints
+from urllib.parse import urlsplit
+
+PREFIX = "FARM_"
+
+
+class SettingsError(ValueError):
+    """A FARM_* variable is missing or wrong; the message names it."""
+
+
+def _secret(default: str = "") -> Any:
+    return field(default=default, metadata={"secret": True}, repr=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Broker and data Redis are separate settings; the demo points both at one embedded server.
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = "redis://127.0.0.1:6379/1"
+    result_url: str = ""  # empty: the data Redis; results are stored only for tasks that need them
+    key_prefix: str = "farm"
+    storage_url: str = "file://./var/blobs"
+    state_dir: Path = Path("var")
+    log_level: str = "INFO"
+
+    # Time limits. The visibility timeout must outlast the longest task plus the longest retry
+    # delay, or Redis hands a still-running (or still-waiting) task to a second worker.
+    task_time_limit: int = 300
+    task_soft_time_limit: int = 270
+    visibility_timeout: int = 3600
+
+    # Retry policy shared by every task (a task may narrow it).
+    retry_max: int = 5
+    retry_base_delay: float = 2.0
+    retry_max_delay: float = 900.0  # 15 min covers Twitter's rate-limit window
+    max_deliveries: int = 3  # a message whose worker died this often is dead-lettered, not rerun
+    deadletter_retention_days: int = 14
+
+    # Task arguments are ids and keys; anything bigger is a bug (bytes must go through storage).
+    max_arg_bytes: int = 4096
+    strict_args: bool = False  # tests turn this on: every published message is checked
+
+    # Worker sizing; supervisord.conf reads these through `farm supervise`.
+    cpu_concurrency: int = 0  # 0: one prefork process per core
+    feed_concurrency: int = 64
+    io_procs: int = 64
+    io_threads: int = 32
+    batch_concurrency: int = 64
+    max_tasks_per_child: int = 1000
+
+    flower_address: str = "127.0.0.1"
+    flower_port: int = 5555
+    flower_user: str = "farm"
+    flower_password: str = _secret()
+
+    extra_imports: tuple[str, ...] = ()  # further task modules, comma separated
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def result_backend(self) -> str:
+        return self.result_url or self.redis_url
+
+    @property
+    def cpu_workers(self) -> int:
+        return self.cpu_concurrency or os.cpu_count() or 1
+
+    def key(self, *parts: object) -> str:
+        """A data-Redis key under the configured prefix: key("deadletter", id)."""
+        return ":".join((self.key_prefix, *map(str, parts)))
+
+
+def _check(ok: bool, name: str, problem: str) -> None:
+    if not ok:
+        raise SettingsError(f"{PREFIX}{name.upper()}: {problem}")
+
+
+def _validate(s: Settings) -> None:
+    for name in ("broker_url", "redis_url"):
+        url = getattr(s, name)
+        _check(urlsplit(url).scheme in ("redis", "rediss", "unix"), name,
+               f"must be a redis://, rediss:// or unix:// URL, got {url!r}")
+    if s.result_url:
+        _check(urlsplit(s.result_url).scheme in ("redis", "rediss", "unix"), "result_url",
+               "must be a redis:// URL")
+    _check(urlsplit(s.storage_url).scheme in ("s3", "file"), "storage_url",
+           f"must be s3://bucket/prefix or file:///path, got {s.storage_url!r}")
+    _check(bool(s.key_prefix) and ":" not in s.key_prefix, "key_prefix",
+           "must be non-empty and contain no ':'")
+    _check(s.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+           "log_level", f"must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {s.log_level!r}")
+    for name in ("task_time_limit", "visibility_timeout", "max_arg_bytes", "max_deliveries",
+                 "feed_concurrency", "io_procs", "io_threads", "batch_concurrency",
+                 "max_tasks_per_child", "flower_port", "deadletter_retention_days"):
+        _check(getattr(s, name) > 0, name, f"must be positive, got {getattr(s, name)}")
+    for name in ("retry_max", "cpu_concurrency", "task_soft_time_limit"):
+        _check(getattr(s, name) >= 0, name, f"must not be negative, got {getattr(s, name)}")
+    _check(s.retry_base_delay > 0, "retry_base_delay", "must be positive")
+    _check(s.retry_max_delay >= s.retry_base_delay, "retry_max_delay",
+           "must be at least FARM_RETRY_BASE_DELAY")
+    _check(s.flower_port < 65536, "flower_port", "must be a TCP port (1-65535)")
+    _check(s.task_soft_time_limit < s.task_time_limit, "task_soft_time_limit",
+           f"must be below FARM_TASK_TIME_LIMIT ({s.task_time_limit})")
+    # kombu #337: a message held past the visibility timeout is delivered again, so the timeout
+    # must cover the longest run plus the longest countdown a retry may ask for.
+    floor = s.task_time_limit + s.retry_max_delay
+    _check(s.visibility_timeout > floor, "visibility_timeout",
+           f"must exceed FARM_TASK_TIME_LIMIT + FARM_RETRY_MAX_DELAY ({floor:g}s), "
+           f"got {s.visibility_timeout}")
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _parse(name: str, raw: str, kind: Any) -> Any:
+    env = f"{PREFIX}{name.upper()}"
+    try:
+        if kind is bool:
+            low = raw.strip().lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind is Path:
+            return Path(raw)
+        if kind == tuple[str, ...]:
+            return tuple(p.strip() for p in raw.split(",") if p.strip())
+        return raw
+    except ValueError:
+        what = {bool: "true or false", int: "an integer", float: "a number"}[kind]
+        raise SettingsError(f"{env}: must be {what}, got {raw!r}") from None
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines; '#' comments and blank lines skipped, optional quotes removed."""
+    out: dict[str, str] = {}
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.removeprefix("export ").partition("=")
+        if not sep:
+            raise SettingsError(f"{path}:{lineno}: expected KEY=VALUE")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        out[key.strip()] = value
+    return out
+
+
+def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None = None) -> Settings:
+    """Build Settings from the environment; the environment wins over .env."""
+    env = dict(os.environ if environ is None else environ)
+    dotenv = dotenv if dotenv is not None else Path(env.get("FARM_ENV_FILE", ".env"))
+    if dotenv.is_file():
+        env = {**read_dotenv(dotenv), **env}
+    known = {f.name for f in fields(Settings)}
+    unknown = sorted(
+        k for k in env
+        if k.startswith(PREFIX) and k != "FARM_ENV_FILE"
+        and k[len(PREFIX):].lower().removesuffix("_file") not in known
+    )
+    if unknown:
+        raise SettingsError(f"{unknown[0]}: unknown setting (see .env.example)")
+    hints = get_type_hints(Settings)
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        env_name = f"{PREFIX}{f.name.upper()}"
+        if f.metadata.get("secret") and f"{env_name}_FILE" in env:
+            secret_path = Path(env[f"{env_name}_FILE"])
+            try:
+                values[f.name] = secret_path.read_text().strip()
+            except OSError as exc:
+                raise SettingsError(f"{env_name}_FILE: cannot read {secret_path}: "
+                                    f"{exc.strerror}") from None
+        elif env_name in env:
+            values[f.name] = _parse(f.name, env[env_name], hints[f.name])
+    return Settings(**values)
+
+
+@cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()
+
+
+def as_environ(s: Settings) -> dict[str, str]:
+    """The settings as FARM_* variables (secrets left out), for child processes."""
+    out = {}
+    for f in fields(s):
+        if f.metadata.get("secret"):
+            continue
+        value = getattr(s, f.name)
+        if isinstance(value, tuple):
+            value = ",".join(value)
+        elif isinstance(value, bool):
+            value = "1" if value else "0"
+        out[f"{PREFIX}{f.name.upper()}"] = str(value)
+    return out
+
+
+def replace(s: Settings, **changes: Any) -> Settings:
+    return dataclasses.replace(s, **changes)

@@ -1,0 +1,1 @@
+"""When batch jobs run: the beat schedule and the by-hand batch runner."""

@@ -1,0 +1,1 @@
+"""What the farm does: one module per job kind, the shared task base, and the enqueue API."""

