@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import before_task_publish
 from kombu import Exchange, Queue
 
 from config.queues import QUEUES, celery_routes
@@ -41,7 +40,13 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {"visibility_timeout": s.visibility_timeout},
+        # A message whose worker died is handed out again once its visibility timeout has passed,
+        # found by a sweep every restore_interval seconds (kombu's default sweeps ~every 100s).
+        "broker_transport_options": {
+            "visibility_timeout": s.visibility_timeout,
+            "unacked_restore_interval": s.restore_interval,
+            "unacked_restore_throttle": 1,
+        },
         "result_backend_transport_options": {"visibility_timeout": s.visibility_timeout},
         "task_time_limit": s.task_time_limit,
         "task_soft_time_limit": s.task_soft_time_limit or None,
@@ -68,24 +73,27 @@ def celery_config(s: Settings) -> dict[str, Any]:
     }
 
 
+class FarmCelery(Celery):
+    """Celery with one addition: in strict mode (the tests), every message's arguments must be
+    small JSON before it is published. Task.apply_async and retries go through send_task too."""
+
+    strict_arg_bytes: int | None = None
+
+    def send_task(self, name: str, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        if self.strict_arg_bytes is not None:
+            from tasks.args import check_small_json
+
+            check_small_json(name, args or (), kwargs or {}, self.strict_arg_bytes)
+        return super().send_task(name, args, kwargs, **options)
+
+
 def make_app(s: Settings | None = None) -> Celery:
     s = s or get_settings()
-    celery = Celery("photofarm", set_as_current=True)
+    celery = FarmCelery("photofarm", set_as_current=True)
     celery.conf.update(celery_config(s))
-    if s.strict_args:
-        _install_publish_check(s.max_arg_bytes)
-    return celery
-
-
-def _install_publish_check(limit: int) -> None:
     # Sentry's habit: in tests every published message proves its arguments are small JSON.
-    from tasks.args import check_small_json
-
-    @before_task_publish.connect(weak=False)
-    def _check(body: Any = None, headers: dict | None = None, **_: Any) -> None:
-        args, kwargs, _embed = body if isinstance(body, (list, tuple)) else ((), {}, None)
-        name = (headers or {}).get("task", "?")
-        check_small_json(name, args, kwargs, limit)
+    celery.strict_arg_bytes = s.max_arg_bytes if s.strict_args else None
+    return celery
 
 
 app = make_app()

@@ -42,6 +42,7 @@ class Settings:
     task_time_limit: int = 300
     task_soft_time_limit: int = 270
     visibility_timeout: int = 3600
+    restore_interval: int = 30  # how often a worker looks for messages a dead worker held
 
     # Retry policy shared by every task (a task may narrow it).
     retry_max: int = 5
@@ -104,7 +105,8 @@ def _validate(s: Settings) -> None:
            "must be non-empty and contain no ':'")
     _check(s.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
            "log_level", f"must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {s.log_level!r}")
-    for name in ("task_time_limit", "visibility_timeout", "max_arg_bytes", "max_deliveries",
+    for name in ("task_time_limit", "visibility_timeout", "restore_interval", "max_arg_bytes",
+                 "max_deliveries",
                  "feed_concurrency", "io_procs", "io_threads", "batch_concurrency",
                  "max_tasks_per_child", "flower_port", "deadletter_retention_days"):
         _check(getattr(s, name) > 0, name, f"must be positive, got {getattr(s, name)}")

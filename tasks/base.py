@@ -171,13 +171,12 @@ def farm_task(
     ``transient`` errors are retried, ``permanent`` ones are not (permanent wins when an error is
     both); anything else is treated as a bug: dead-lettered at once for an operator to replay.
     """
-    queue = queue_for(name)
+    queue_for(name)  # a task without a route is a start-up error, not a silent default queue
 
     def wrap(fn: F) -> F:
         return app.task(  # type: ignore[no-any-return]
             name=name,
             base=FarmTask,
-            queue=queue,
             transient=tuple(transient),
             permanent=tuple(permanent),
             max_retries=get_settings().retry_max if max_retries is None else max_retries,

@@ -24,7 +24,9 @@ def ping_queues(queues: list[str], timeout: float) -> dict[str, float | None]:
 
     sent = {}
     for q in queues:
-        sent[q] = (time.time(), app.send_task("diag.ping", args=[time.time()], queue=q))
+        # Expires: a ping nobody answered must not linger in the queue for a later worker.
+        sent[q] = (time.time(), app.send_task("diag.ping", args=[time.time()], queue=q,
+                                              expires=timeout))
     deadline = time.monotonic() + timeout
     out: dict[str, float | None] = {}
     for q, (t0, result) in sent.items():
