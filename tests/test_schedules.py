@@ -1,0 +1,162 @@
+"""The beat schedule, the batch registry and the run lock, against the session's test Redis."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+
+import pytest
+import redis
+from celery.beat import Scheduler
+
+import tasks.maintenance
+from config.celery_app import app
+from config.queues import QUEUES, ROUTES
+from config.settings import get_settings
+from schedules.batch import JOBS, get_job, lock_key, lock_ttl_seconds, run_job
+from schedules.beat import beat_schedule
+from schedules.lock import LockLost, RunLock
+from tasks.deadletter import DeadLetter, DeadLetterStore
+
+
+def _old_dead_letter(data: redis.Redis) -> DeadLetterStore:
+    s = get_settings()
+    store = DeadLetterStore(data, s)
+    store.record(DeadLetter(id="old", task="push.notify", queue="push", args=[], kwargs={},
+                            reason="permanent", error="BadDeviceToken", traceback="", attempts=1,
+                            failed_at=time.time() - (s.deadletter_retention_days + 1) * 86400))
+    return store
+
+
+# --- beat -----------------------------------------------------------------------------------
+
+def test_every_job_has_a_beat_entry_on_its_routed_queue_expiring_within_its_period() -> None:
+    schedule = beat_schedule(get_settings())
+    assert set(schedule) == set(JOBS)
+    for name, entry in schedule.items():
+        job = JOBS[name]
+        assert entry["task"] == job.task
+        assert entry["task"] in ROUTES, f"{name}: task {entry['task']} has no route"
+        assert entry["options"]["queue"] in QUEUES
+        assert entry["options"]["queue"] == ROUTES[entry["task"]]
+        assert isinstance(entry["schedule"], timedelta)
+        period = entry["schedule"].total_seconds()
+        assert period == job.period.total_seconds()
+        assert 0 < entry["options"]["expires"] <= period
+
+
+def test_the_app_carries_the_schedule_and_registers_every_jobs_task() -> None:
+    assert app.conf.beat_schedule == beat_schedule(get_settings())
+    for job in JOBS.values():
+        assert job.task in app.tasks
+        assert callable(job.load())
+    assert tasks.maintenance.sweep_task.name == "batch.sweep"
+
+
+def test_beat_publishes_an_entry_to_its_queue_with_an_expiry(
+        data: redis.Redis, broker: redis.Redis) -> None:
+    scheduler = Scheduler(app=app, lazy=True)
+    scheduler.merge_inplace(app.conf.beat_schedule)
+    scheduler.apply_async(scheduler.schedule["sweep"])
+    raw = broker.lpop("maintenance")
+    assert raw is not None, "beat's message did not reach the maintenance queue"
+    headers = json.loads(raw)["headers"]
+    assert headers["task"] == "batch.sweep"
+    assert headers["expires"], "beat entries must expire"
+
+
+def test_every_lock_outlives_the_hard_time_limit() -> None:
+    s = get_settings()
+    for job in JOBS.values():
+        assert lock_ttl_seconds(s, job) > s.task_time_limit
+
+
+def test_unknown_job_names_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="deadletter-report, sweep"):
+        get_job("nope")
+
+
+# --- the lock -------------------------------------------------------------------------------
+
+def test_a_second_acquire_fails_while_the_lock_is_held(data: redis.Redis) -> None:
+    first, second = RunLock(data, "farm:lock:t", 60), RunLock(data, "farm:lock:t", 60)
+    assert first.acquire()
+    assert not second.acquire()
+    assert 0 < data.pttl("farm:lock:t") <= 60_000
+    assert first.release()
+    assert second.acquire()
+
+
+def test_only_the_owner_can_release_or_renew(data: redis.Redis) -> None:
+    owner, other = RunLock(data, "farm:lock:t", 60), RunLock(data, "farm:lock:t", 60)
+    assert owner.acquire()
+    assert not other.release()
+    assert data.get("farm:lock:t") == owner.token
+    with pytest.raises(LockLost):
+        other.renew()
+    data.pexpire("farm:lock:t", 500)
+    owner.renew()
+    assert data.pttl("farm:lock:t") > 50_000
+
+
+def test_an_expired_lock_can_be_taken_and_the_old_owner_cannot_release_it(
+        data: redis.Redis) -> None:
+    crashed, next_run = RunLock(data, "farm:lock:t", 0.05), RunLock(data, "farm:lock:t", 60)
+    assert crashed.acquire()
+    time.sleep(0.1)
+    assert next_run.acquire()
+    assert not crashed.release()
+    assert data.get("farm:lock:t") == next_run.token
+
+
+def test_a_run_while_locked_is_skipped_and_does_nothing(data: redis.Redis) -> None:
+    s = get_settings()
+    store = _old_dead_letter(data)
+    data.set(s.key("deliveries", "t1", 0), 1)
+    holder = RunLock(data, lock_key(s, get_job("sweep")), 60)
+    assert holder.acquire()
+
+    result = run_job("sweep", data, s)
+
+    assert result == {"job": "sweep", "status": "skipped", "reason": "already running"}
+    assert store.get("old") is not None
+    assert data.ttl(s.key("deliveries", "t1", 0)) == -1
+    assert data.get(holder.key) == holder.token
+
+
+def test_a_run_releases_its_lock_when_done_and_when_it_fails(
+        data: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = get_settings()
+    key = lock_key(s, get_job("sweep"))
+    assert run_job("sweep", data, s)["status"] == "done"
+    assert not data.exists(key)
+
+    def boom(*_: object) -> dict[str, int]:
+        assert data.exists(key), "the job must run under its lock"
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(tasks.maintenance, "sweep", boom)
+    with pytest.raises(RuntimeError):
+        run_job("sweep", data, s)
+    assert not data.exists(key)
+
+
+def test_a_run_whose_lock_was_lost_stops_at_its_next_progress_report(
+        data: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = get_settings()
+    key = lock_key(s, get_job("sweep"))
+    steps: list[str] = []
+
+    def job(client: redis.Redis, _s: object, progress: object) -> dict[str, int]:
+        client.set(key, "someone-else")  # as if our lock expired and another run took it
+        progress("step", 1, 2)  # type: ignore[operator]
+        steps.append("went on")
+        return {}
+
+    monkeypatch.setattr("schedules.batch.RENEW_EVERY", 0.0)
+    monkeypatch.setattr(tasks.maintenance, "sweep", job)
+    with pytest.raises(LockLost):
+        run_job("sweep", data, s)
+    assert steps == []
+    assert data.get(key) == "someone-else"  # the other run's lock is left alone
