@@ -33,6 +33,7 @@ class WorkerProcess:
         if queues:
             self.argv += ["--queues", ",".join(queues)]
         self.proc: subprocess.Popen[bytes] | None = None
+        self._stopping = False
 
     def start(self) -> WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,12 +63,17 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def signal_stop(self) -> None:
+        """SIGTERM once: Celery's warm shutdown (running tasks finish, the rest is requeued)."""
+        if self.alive() and not self._stopping:
+            self.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            self._stopping = True
+
     def terminate(self, timeout: float = 30.0) -> int:
-        """SIGTERM (Celery's warm shutdown: running tasks finish), then wait."""
+        """Warm shutdown, then wait; SIGKILL the group if it overstays ``timeout``."""
         if self.proc is None:
             return 0
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
+        self.signal_stop()
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -80,3 +86,11 @@ class WorkerProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+def stop_all(workers: list[WorkerProcess], timeout: float = 30.0) -> None:
+    """Warm-stop several workers in parallel."""
+    for w in workers:
+        w.signal_stop()
+    for w in workers:
+        w.terminate(timeout)

@@ -12,7 +12,7 @@ import redis
 
 from config.settings import Settings
 
-OUTCOMES = ("ok", "retry", "failed", "deadletter")
+OUTCOMES = ("ok", "retry", "deadletter")
 
 
 def metrics_key(s: Settings) -> str:
@@ -31,7 +31,7 @@ def incr(client: redis.Redis, s: Settings, name: str, amount: int = 1) -> None:
 
 
 def read(client: redis.Redis, s: Settings) -> dict[str, dict[str, float]]:
-    """task -> {ok, retry, failed, deadletter, ms}."""
+    """task -> {ok, retry, deadletter, ms}."""
     out: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys((*OUTCOMES, "ms"), 0))
     for field, value in client.hgetall(metrics_key(s)).items():
         task, _, what = field.rpartition(":")

@@ -1,4 +1,4 @@
-"""`farm demo` (placeholder while it is built)."""
+"""`farm demo [--serve]`: the farm end to end on embedded defaults (see workers/demo.py)."""
 
 from __future__ import annotations
 
@@ -6,5 +6,13 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="(not yet built)")
-    p.set_defaults(handler=lambda args: 1)
+    p = sub.add_parser("demo", help="run the farm end to end on embedded defaults")
+    p.add_argument("--serve", action="store_true",
+                   help="keep the farm running with beat and Flower until Ctrl-C")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from workers.demo import run_demo
+
+    return run_demo(serve=args.serve)

