@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,14 @@ def test_celery_is_json_only_and_at_least_once() -> None:
     assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
     assert conf.task_ignore_result and conf.worker_send_task_events
     assert conf.task_create_missing_queues is False
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--profile", "gpu"], "unknown worker profile 'gpu'; known: cpu, feed, io, batch"),
+    (["--profile", "io", "--queues", "push,pushes"], "unknown queue(s) pushes; known: photos"),
+])
+def test_worker_cli_refuses_unknown_profiles_and_queues(argv: list[str], message: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "workers.cli", "worker", *argv],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"farm worker: {message}")
