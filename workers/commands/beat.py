@@ -1,10 +1,29 @@
-"""`farm beat` (placeholder while it is built)."""
+"""`farm beat`: the farm's one Celery beat, keeping its schedule file under FARM_STATE_DIR.
+
+Exactly one runs per farm: supervisord's program `beat` (numprocs=1); two would send every
+periodic job twice. No pidfile: a stale one left on a persistent state dir blocks the next start
+whenever its pid has been reused (routine in containers), and supervisord already ensures one.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from config.settings import get_settings
+
+SCHEDULE_FILE = "celerybeat-schedule"
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("beat", help="(not yet built)")
-    p.set_defaults(handler=lambda args: 1)
+    p = sub.add_parser("beat", help="run the periodic-job scheduler (exactly one per farm)")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    s = get_settings()
+    state = s.state_dir.resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    from config.celery_app import app
+
+    return app.start(["beat", "--schedule", str(state / SCHEDULE_FILE),
+                      "--loglevel", s.log_level.upper()]) or 0
