@@ -179,9 +179,14 @@ def push_workload() -> bool:
     return True
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def serve_until_interrupted(env: dict[str, str], logs: Path) -> bool:
     """Beat and Flower beside the workers, until Ctrl-C."""
     from config.settings import get_settings
+    from workers.commands.flower import PASSWORD_FILE
 
     s = get_settings()
     extra = []
@@ -190,9 +195,12 @@ def serve_until_interrupted(env: dict[str, str], logs: Path) -> bool:
             extra.append(subprocess.Popen([sys.executable, "-m", "workers.cli", name], env=env,
                                           stdout=log, stderr=subprocess.STDOUT,
                                           start_new_session=True))
+    # SIGTERM (a service manager, `kill`) stops the farm as cleanly as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
+    where = ("FARM_FLOWER_PASSWORD" if s.flower_password
+             else str(s.state_dir / PASSWORD_FILE))
     say(f"\nserving: Flower on http://{s.flower_address}:{s.flower_port} (user "
-        f"{s.flower_user}; password from FARM_FLOWER_PASSWORD, or see {logs / 'flower.log'} "
-        "for the file it was written to), beat running. Ctrl-C stops everything.")
+        f"{s.flower_user}, password in {where}), beat running. Ctrl-C stops everything.")
     try:
         while all(p.poll() is None for p in extra):
             time.sleep(0.5)
