@@ -34,6 +34,22 @@ class Settings:
     result_url: str = ""  # empty: the data Redis; results are stored only for tasks that need them
     key_prefix: str = "farm"
     storage_url: str = "file://./var/blobs"
+    # S3 (when FARM_STORAGE_URL is s3://...): credentials fall back to the standard AWS chain.
+    s3_endpoint_url: str = ""  # empty: AWS itself; set for MinIO, moto, other S3 servers
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str = _secret()
+    s3_secret_access_key: str = _secret()
+    s3_public_read: bool = False  # objects are private unless this says otherwise
+    s3_multipart_mb: int = 16  # uploads above this size go multipart
+    cdn_url: str = ""  # base URL photos are served from; empty: the storage's own URL
+    cache_control: str = "public, max-age=31536000, immutable"
+
+    # Photos: the variants the apps show, and what an upload may be.
+    photo_full_size: int = 1080  # long edge of the "full" variant
+    photo_squares: tuple[int, ...] = (612, 306, 150)  # centre-cropped squares, largest first
+    jpeg_quality: int = 85
+    max_pixels: int = 50_000_000  # refused from the header, before any decoding
+    max_upload_mb: int = 50
     state_dir: Path = Path("var")
     log_level: str = "INFO"
 
@@ -106,7 +122,8 @@ def _validate(s: Settings) -> None:
     _check(s.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
            "log_level", f"must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {s.log_level!r}")
     for name in ("task_time_limit", "visibility_timeout", "restore_interval", "max_arg_bytes",
-                 "max_deliveries",
+                 "max_deliveries", "s3_multipart_mb", "photo_full_size", "max_pixels",
+                 "max_upload_mb",
                  "feed_concurrency", "io_procs", "io_threads", "batch_concurrency",
                  "max_tasks_per_child", "flower_port", "deadletter_retention_days"):
         _check(getattr(s, name) > 0, name, f"must be positive, got {getattr(s, name)}")
@@ -115,6 +132,13 @@ def _validate(s: Settings) -> None:
     _check(s.retry_base_delay > 0, "retry_base_delay", "must be positive")
     _check(s.retry_max_delay >= s.retry_base_delay, "retry_max_delay",
            "must be at least FARM_RETRY_BASE_DELAY")
+    _check(1 <= s.jpeg_quality <= 95, "jpeg_quality", "must be between 1 and 95")
+    _check(bool(s.photo_squares) and all(n > 0 for n in s.photo_squares), "photo_squares",
+           "must be a comma-separated list of positive sizes")
+    _check(list(s.photo_squares) == sorted(s.photo_squares, reverse=True), "photo_squares",
+           "must be listed largest first")
+    if s.storage_url.startswith("s3://"):
+        _check(bool(urlsplit(s.storage_url).netloc), "storage_url", "s3:// needs a bucket name")
     _check(s.flower_port < 65536, "flower_port", "must be a TCP port (1-65535)")
     _check(s.task_soft_time_limit < s.task_time_limit, "task_soft_time_limit",
            f"must be below FARM_TASK_TIME_LIMIT ({s.task_time_limit})")
@@ -148,9 +172,12 @@ def _parse(name: str, raw: str, kind: Any) -> Any:
             return Path(raw)
         if kind == tuple[str, ...]:
             return tuple(p.strip() for p in raw.split(",") if p.strip())
+        if kind == tuple[int, ...]:
+            return tuple(int(p) for p in raw.split(",") if p.strip())
         return raw
     except ValueError:
-        what = {bool: "true or false", int: "an integer", float: "a number"}[kind]
+        what = {bool: "true or false", int: "an integer", float: "a number",
+                tuple[int, ...]: "a comma-separated list of integers"}[kind]
         raise SettingsError(f"{env}: must be {what}, got {raw!r}") from None
 
 
@@ -215,7 +242,7 @@ def as_environ(s: Settings) -> dict[str, str]:
             continue
         value = getattr(s, f.name)
         if isinstance(value, tuple):
-            value = ",".join(value)
+            value = ",".join(map(str, value))
         elif isinstance(value, bool):
             value = "1" if value else "0"
         out[f"{PREFIX}{f.name.upper()}"] = str(value)
