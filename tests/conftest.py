@@ -4,6 +4,8 @@ port, never the machine's shared one, and real worker processes started per test
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,21 +17,24 @@ from workers.embedded_redis import EmbeddedRedis
 from workers.launcher import WorkerProcess
 
 _server: EmbeddedRedis | None = None
+_scratch: Path | None = None  # the session's state dir and file-store blobs
 BROKER_DB, DATA_DB = 0, 1
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    global _server
+    global _server, _scratch
     # Nothing of the developer's own environment leaks in: only what the tests set.
     for name in [k for k in os.environ if k.startswith("FARM_")]:
         del os.environ[name]
     _server = EmbeddedRedis().start()
+    _scratch = Path(tempfile.mkdtemp(prefix="farm-tests-"))
     os.environ.update({
         "FARM_BROKER_URL": _server.url(BROKER_DB),
         "FARM_REDIS_URL": _server.url(DATA_DB),
         "FARM_STRICT_ARGS": "1",
         "FARM_ENV_FILE": os.devnull,
-        "FARM_STATE_DIR": str(Path(config.rootpath) / "var" / "test"),
+        "FARM_STATE_DIR": str(_scratch / "state"),
+        "FARM_STORAGE_URL": f"file://{_scratch / 'blobs'}",
         # Fast retries so the policy's whole path runs in seconds.
         "FARM_RETRY_BASE_DELAY": "0.2",
         "FARM_RETRY_MAX_DELAY": "2",
@@ -40,6 +45,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _server is not None:
         _server.stop()
+    if _scratch is not None:
+        shutil.rmtree(_scratch, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -98,3 +105,8 @@ def wait_for(predicate: Callable[[], object], timeout: float = 20.0, interval: f
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# moto S3 server and fault proxy fixtures. Named as `from conftest import` names this directory's
+# modules, so it loads under plain `pytest` as well as `python -m pytest`.
+pytest_plugins = ["s3_server"]
