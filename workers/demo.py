@@ -26,13 +26,14 @@ from workers.launcher import WorkerProcess, stop_all
 DEMO_ENV = {"FARM_RETRY_BASE_DELAY": "0.3", "FARM_RETRY_MAX_DELAY": "2", "FARM_RETRY_MAX": "2"}
 WORKERS = {"cpu": 1, "feed": 1, "io": 4, "batch": 1}  # profile -> concurrency
 
-UPLOADS = [
+UPLOADS = [  # photo id, owner, original's key (see workers/demo_photos.py), caption, share_to
     (101, 1, "originals/101.jpg", "first light", ["twitter"]),
-    (102, 1, "originals/102.jpg", "harbour", []),
+    (102, 1, "originals/102.png", "harbour", []),
     (103, 2, "originals/103.jpg", "coffee", ["facebook", "twitter"]),
-    (104, 3, "originals/104.jpg", "", []),
+    (104, 3, "originals/104.gif", "", []),
     (105, 2, "originals/105.jpg", "night walk", ["facebook"]),
 ]
+BROKEN_UPLOAD = (106, 3, "originals/106.jpg")  # truncated: refused, recorded, dead-lettered
 
 
 def say(line: str = "") -> None:
@@ -76,7 +77,8 @@ def run_demo(serve: bool = False) -> int:
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with redis_for_demo() as redis_env:
-        env = {**os.environ, **DEMO_ENV, **redis_env, "FARM_STATE_DIR": str(state)}
+        env = {"FARM_STORAGE_URL": f"file://{(state / 'blobs').resolve()}", **os.environ,
+               **DEMO_ENV, **redis_env, "FARM_STATE_DIR": str(state)}
         os.environ.update({k: v for k, v in env.items() if k.startswith("FARM_")})
         load_settings()  # a configuration error stops here, with the variable named
         say(f"starting workers: {', '.join(f'{p} x{n}' for p, n in WORKERS.items())} "
@@ -94,13 +96,16 @@ def push_workload() -> bool:
     from config.redis import data_redis
     from config.settings import get_settings
     from tasks import enqueue
+    from tasks.blobs import open_store
     from tasks.deadletter import DeadLetterStore
+    from tasks.photo_records import PhotoRecords
     from workers.commands.ping import ping_queues
     from workers.commands.stats import collect
+    from workers.demo_photos import sample_uploads
 
     s = get_settings()
     r = data_redis()
-    store = DeadLetterStore(r, s)
+    dead = DeadLetterStore(r, s)
     run = f"{time.time():.0f}"  # markers unique to this run, so a reused Redis cannot confuse it
     transient, permanent = f"demo-transient-{run}", f"demo-permanent-{run}"
 
@@ -110,11 +115,16 @@ def push_workload() -> bool:
         say(f"  {q:<15} {'no answer' if rtt is None else f'{rtt * 1000:7.1f} ms'}")
 
     before: dict[str, dict[str, float]] = collect(s)["tasks"]  # type: ignore[assignment]
-    say("\n== the web tier enqueues (ids and keys only; bytes stay in the blob store)")
+    say(f"\n== the web tier stores {len(UPLOADS) + 1} originals in {s.storage_url} and enqueues "
+        "(ids and keys only)")
+    store = open_store(s)
+    for key, (data, content_type) in sample_uploads().items():
+        store.put(key, data, content_type=content_type)
     for photo_id, owner, key, caption, share in UPLOADS:
         enqueue.photo_uploaded(photo_id, owner, key, caption=caption, share_to=share)
-    say(f"  photo_uploaded x{len(UPLOADS)}  -> photos.process, then fan-out, cross-posts, "
-        "webhooks")
+    broken = enqueue.photo_uploaded(*BROKEN_UPLOAD)
+    say(f"  photo_uploaded x{len(UPLOADS)} -> photos.process, then fan-out, cross-posts, "
+        "webhooks; and one truncated upload")
     enqueue.user_followed(7, 1)
     enqueue.user_unfollowed(8, 2)
     enqueue.photo_deleted(104, 3)
@@ -147,22 +157,30 @@ def push_workload() -> bool:
     def all_done() -> bool:
         c = counts()
         return (all(c.get(t, {}).get("ok", 0) >= n for t, n in expected.items())
-                and store.get(doomed) is not None
+                and dead.get(doomed) is not None and dead.get(broken) is not None
                 and bool(r.get(s.key("diag", transient, "done"))))
 
     finished = wait_until(all_done, timeout=60)
 
     say("\n== dead-letter store")
-    for e in [e for e in store.list() if e.id == doomed]:
+    for e in [e for e in dead.list() if e.id in (doomed, broken)]:
         say(f"  {e.id}  {e.task}  reason={e.reason}  attempts={e.attempts}  {e.error}")
-    if store.get(doomed):
-        new_id = store.replay(doomed, app.send_task)
+    if dead.get(doomed):
+        new_id = dead.replay(doomed, app.send_task)
         say(f"  replayed {doomed} as {new_id}")
         replayed = wait_until(lambda: bool(r.get(s.key("diag", permanent, "done"))), 30)
-        say(f"  replay {'succeeded' if replayed else 'did NOT succeed'}; "
-            f"{store.count()} record(s) left")
+        say(f"  replay {'succeeded' if replayed else 'did NOT succeed'}")
         finished = finished and replayed
 
+    say("\n== photo records (what the web tier reads)")
+    records = PhotoRecords(r, s)
+    for photo_id, *_ in [*UPLOADS, BROKEN_UPLOAD]:
+        rec = records.get(photo_id)
+        if rec is None:
+            say(f"  photo {photo_id}: no record")
+            continue
+        sizes = " ".join(f"{n}={v['width']}x{v['height']}" for n, v in rec.variants.items())
+        say(f"  photo {photo_id}: {rec.status}  {sizes or rec.reason}")
     say("\n== what ran (from the farm's counters)")
     say(f"  {'task':<24} {'ok':>4} {'retry':>6} {'dead':>5} {'mean ms':>8}")
     for name, c in sorted(counts().items()):
