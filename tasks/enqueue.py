@@ -56,22 +56,29 @@ def _send(name: str, kwargs: dict[str, Any]) -> str:
     return str(app.send_task(name, kwargs=kwargs, queue=ROUTES[name]).id)
 
 
-def photo_uploaded(photo_id: int, owner_id: int, original_key: str, caption: str = "",
-                   share_to: Iterable[str] = ()) -> str:
-    """A new photo's original is in the blob store: make its variants, then spread it."""
+def validate_photo_uploaded(photo_id: int, owner_id: int, original_key: str,
+                            caption: str = "", share_to: Iterable[str] = ()) -> dict[str, Any]:
+    """photo_uploaded's arguments, checked and normalised; ValueError naming the bad one."""
     if isinstance(share_to, str):
         raise ValueError("share_to must be a list of networks, not a string")
     networks = list(dict.fromkeys(share_to))
     unknown = [n for n in networks if n not in NETWORKS]
     if unknown:
         raise ValueError(f"share_to has unknown network(s) {unknown}; known: {list(NETWORKS)}")
-    return _send("photos.process", {
+    return {
         "photo_id": _id("photo_id", photo_id),
         "owner_id": _id("owner_id", owner_id),
         "original_key": _storage_key(original_key),
         "caption": _text("caption", caption, MAX_CAPTION),
         "share_to": networks,
-    })
+    }
+
+
+def photo_uploaded(photo_id: int, owner_id: int, original_key: str, caption: str = "",
+                   share_to: Iterable[str] = ()) -> str:
+    """A new photo's original is in the blob store: make its variants, then spread it."""
+    return _send("photos.process", validate_photo_uploaded(photo_id, owner_id, original_key,
+                                                           caption, share_to))
 
 
 def _follow_args(follower_id: int, followee_id: int) -> dict[str, int]:

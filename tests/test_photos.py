@@ -212,3 +212,24 @@ def test_farm_resize_writes_variants_or_names_the_refusal(tmp_path: Path) -> Non
         "farm resize: refused: not an image in an accepted format "
         "(JPEG, PNG, GIF, WEBP, AVIF, HEIF)"]
     assert not (tmp_path / "out2").exists()
+
+
+def test_farm_photo_upload_stores_a_large_original_multipart_and_enqueues(
+        s3: dict, s3_bucket: str, moto_s3: MotoS3, data: redis.Redis, broker: redis.Redis,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("FARM_S3_MULTIPART_MB", "5")
+    get_settings.cache_clear()
+    big = tmp_path / "big.png"
+    # Random pixels do not compress: a PNG of about 12 MB, over the 5 MB multipart threshold.
+    Image.frombytes("RGB", (2000, 2000), os.urandom(2000 * 2000 * 3)).save(big, compress_level=0)
+    assert farm(["photo", "upload", str(big), "--id", "13", "--owner", "42",
+                 "--share-to", "twitter"]) == 0
+    assert capsys.readouterr().out.startswith("stored originals/13.png; photo 13 queued as ")
+    head = moto_s3.client().head_object(Bucket=s3_bucket, Key="media/originals/13.png")
+    assert head["ContentType"] == "image/png" and head["ETag"].strip('"').endswith("-3")
+    [(task, kwargs)] = queued(broker, "photos")
+    assert task == "photos.process" and kwargs["original_key"] == "originals/13.png"
+
+    assert farm(["photo", "upload", str(big), "--id", "0", "--owner", "42"]) == 2
+    assert "photo_id must be between" in capsys.readouterr().err

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import mimetypes
 import sys
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,10 +16,41 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.add_argument("id", type=int)
     again = psub.add_parser("reprocess", help="remake the variants (on the photos_batch queue)")
     again.add_argument("id", type=int)
+    up = psub.add_parser("upload", help="store an original (multipart when large) and enqueue "
+                                        "photo_uploaded, as the web tier does")
+    up.add_argument("path", type=Path)
+    up.add_argument("--id", type=int, required=True, help="the photo's id")
+    up.add_argument("--owner", type=int, required=True, help="the owner's user id")
+    up.add_argument("--caption", default="")
+    up.add_argument("--share-to", default="", help="comma-separated: twitter,facebook")
     p.set_defaults(handler=run)
 
 
+def upload(args: argparse.Namespace) -> int:
+    from config.settings import get_settings
+    from tasks import enqueue
+    from tasks.blobs import open_store
+
+    if not args.path.is_file():
+        print(f"farm photo: no such file {args.path}", file=sys.stderr)
+        return 2
+    key = f"originals/{args.id}{args.path.suffix.lower()}"
+    content_type = mimetypes.guess_type(args.path.name)[0] or "application/octet-stream"
+    share_to = [n for n in args.share_to.split(",") if n]
+    try:  # validate before storing anything
+        enqueue.validate_photo_uploaded(args.id, args.owner, key, args.caption, share_to)
+    except ValueError as exc:
+        print(f"farm photo: {exc}", file=sys.stderr)
+        return 2
+    open_store(get_settings()).put_file(key, args.path, content_type=content_type)
+    task_id = enqueue.photo_uploaded(args.id, args.owner, key, args.caption, share_to)
+    print(f"stored {key}; photo {args.id} queued as {task_id}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.action == "upload":
+        return upload(args)
     from config.redis import data_redis
     from config.settings import get_settings
     from tasks.photo_records import PhotoRecords
