@@ -34,6 +34,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.enqueue
+	$(BIN)/python -m bench.resize
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info
