@@ -32,10 +32,13 @@ ROUTES: dict[str, str] = {
     "photos.reprocess": Q.PHOTOS_BATCH,
     # feeds
     "feeds.fanout": Q.FEEDS,
-    "feeds.fanout_chunk": Q.FEEDS,
+    "feeds.fanout_chunk": Q.FEEDS,  # inactive followers' chunks are sent to FEEDS_BATCH
     "feeds.follow": Q.FEEDS,
     "feeds.unfollow": Q.FEEDS,
     "feeds.photo_deleted": Q.FEEDS_BATCH,
+    "feeds.delete_chunk": Q.FEEDS_BATCH,
+    "feeds.rebuild": Q.FEEDS_BATCH,
+    "feeds.activity": Q.FEEDS,
     # network-bound jobs
     "push.notify": Q.PUSH,
     "social.crosspost": Q.SOCIAL,
@@ -44,6 +47,7 @@ ROUTES: dict[str, str] = {
     # batch jobs run by beat (and by hand: `farm batch NAME`)
     "batch.deadletter_report": Q.MAINTENANCE,
     "batch.sweep": Q.MAINTENANCE,
+    "batch.feed_trim": Q.MAINTENANCE,
     # diagnostics: `farm ping` sends diag.ping to every queue explicitly
     "diag.ping": Q.MAINTENANCE,
     "diag.sleep": Q.MAINTENANCE,

@@ -84,6 +84,16 @@ class Settings:
     flower_user: str = "farm"
     flower_password: str = _secret()
 
+    # Feeds: capped Redis lists of photo ids, newest first, sharded over FARM_FEED_SHARDS.
+    feed_shards: tuple[str, ...] = ()  # Redis URLs; empty: the data Redis alone
+    feed_cap: int = 1000
+    feed_chunk_size: int = 1000  # followers per fan-out chunk task
+    feed_active_days: float = 7.0  # followers seen this recently get the post first
+    feed_backfill: int = 100  # a followee's newest posts merged into a new follower's feed
+    posts_cap: int = 1000  # a user's own posts kept for backfills and rebuilds
+    activity_cap: int = 200
+    marker_ttl: int = 7 * 86400  # how long a fan-out chunk's done-marker guards a rerun
+
     extra_imports: tuple[str, ...] = ()  # further task modules, comma separated
 
     def __post_init__(self) -> None:
@@ -123,7 +133,8 @@ def _validate(s: Settings) -> None:
            "log_level", f"must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {s.log_level!r}")
     for name in ("task_time_limit", "visibility_timeout", "restore_interval", "max_arg_bytes",
                  "max_deliveries", "s3_multipart_mb", "photo_full_size", "max_pixels",
-                 "max_upload_mb",
+                 "max_upload_mb", "feed_cap", "feed_chunk_size", "feed_backfill", "posts_cap",
+                 "activity_cap", "marker_ttl",
                  "feed_concurrency", "io_procs", "io_threads", "batch_concurrency",
                  "max_tasks_per_child", "flower_port", "deadletter_retention_days"):
         _check(getattr(s, name) > 0, name, f"must be positive, got {getattr(s, name)}")
@@ -137,6 +148,12 @@ def _validate(s: Settings) -> None:
            "must be a comma-separated list of positive sizes")
     _check(list(s.photo_squares) == sorted(s.photo_squares, reverse=True), "photo_squares",
            "must be listed largest first")
+    _check(s.feed_active_days > 0, "feed_active_days", "must be positive")
+    for url in s.feed_shards:
+        _check(urlsplit(url).scheme in ("redis", "rediss", "unix"), "feed_shards",
+               f"must be comma-separated redis:// URLs, got {url!r}")
+    _check(len(set(s.feed_shards)) == len(s.feed_shards), "feed_shards",
+           "lists a shard twice")
     if s.storage_url.startswith("s3://"):
         _check(bool(urlsplit(s.storage_url).netloc), "storage_url", "s3:// needs a bucket name")
     _check(s.flower_port < 65536, "flower_port", "must be a TCP port (1-65535)")

@@ -64,6 +64,9 @@ JOBS: dict[str, BatchJob] = {
         BatchJob("sweep", "batch.sweep", "tasks.maintenance:sweep", timedelta(minutes=15),
                  timedelta(minutes=10),
                  "purge old dead letters, repair the dead-letter index, expire TTL-less keys"),
+        BatchJob("feed-trim", "batch.feed_trim", "tasks.feed_upkeep:trim_feeds",
+                 timedelta(days=1), timedelta(minutes=30),
+                 "trim feeds over FARM_FEED_CAP on every feed shard"),
     )
 }
 

@@ -8,6 +8,7 @@ is wrong, and returns the task id.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -16,6 +17,8 @@ from config.queues import ROUTES
 from tasks.blobs.base import check_key
 
 NETWORKS = ("twitter", "facebook")
+ACTIVITY_KINDS = ("like", "comment", "follow", "mention")
+PHOTO_KINDS = ("like", "comment")  # about a photo: the entry must name it
 MAX_ID = 2**63 - 1  # ids are signed 64-bit integers (time, shard, sequence)
 MAX_KEY_LEN = 512
 MAX_CAPTION = 2200  # Instagram's caption limit
@@ -103,6 +106,32 @@ def photo_deleted(photo_id: int, owner_id: int) -> str:
     """Remove a deleted photo from every feed it reached (batch work, low priority)."""
     return _send("feeds.photo_deleted", {"photo_id": _id("photo_id", photo_id),
                                          "owner_id": _id("owner_id", owner_id)})
+
+
+def rebuild_feed(user_id: int) -> str:
+    """Rebuild a user's feed from the people they follow (batch work, low priority)."""
+    return _send("feeds.rebuild", {"user_id": _id("user_id", user_id)})
+
+
+def validate_activity(user_id: int, kind: str, actor_id: int,
+                      photo_id: int | None = None) -> dict[str, Any]:
+    """activity's arguments, checked; the worker runs the same checks on what it receives."""
+    if not isinstance(kind, str) or kind not in ACTIVITY_KINDS:
+        raise ValueError(f"kind must be one of {list(ACTIVITY_KINDS)}, got {kind!r}")
+    if kind in PHOTO_KINDS and photo_id is None:
+        raise ValueError(f"a {kind} activity needs the photo_id it is about")
+    if kind == "follow" and photo_id is not None:
+        raise ValueError("a follow activity is about no photo; photo_id must be None")
+    return {"user_id": _id("user_id", user_id), "kind": kind,
+            "actor_id": _id("actor_id", actor_id),
+            "photo_id": None if photo_id is None else _id("photo_id", photo_id)}
+
+
+def activity(user_id: int, kind: str, actor_id: int, photo_id: int | None = None) -> str:
+    """Add an entry to a user's activity feed: ``actor_id`` liked, commented on, or mentioned them
+    in ``photo_id``, or followed them. The fresh event id makes a redelivered message a no-op."""
+    kwargs = validate_activity(user_id, kind, actor_id, photo_id)
+    return _send("feeds.activity", {**kwargs, "event_id": uuid.uuid4().hex})
 
 
 def notify_users(user_ids: Iterable[int], alert: str, badge: int | None = None,

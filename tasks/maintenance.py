@@ -196,3 +196,8 @@ def deadletter_report_task() -> Result:
 @farm_task("batch.sweep", max_retries=0)
 def sweep_task() -> Result:
     return run_job("sweep", data_redis(), get_settings())
+
+
+@farm_task("batch.feed_trim", max_retries=0)
+def feed_trim_task() -> Result:
+    return run_job("feed-trim", data_redis(), get_settings())

@@ -74,6 +74,45 @@ def broker(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
     client.close()
 
 
+@pytest.fixture(scope="session")
+def shard_servers() -> Iterator[list[EmbeddedRedis]]:
+    """Two more servers, so feeds can be spread over several Redis servers."""
+    servers = [EmbeddedRedis().start() for _ in range(2)]
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def sharded(redis_server: EmbeddedRedis, shard_servers: list[EmbeddedRedis], data: redis.Redis,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """Feeds over three shards (the two extra servers and db 2 of the session's server), all
+    emptied; this process's settings point at them, and the returned env does the same for
+    workers: workers("feed", env=sharded)."""
+    from config.settings import get_settings
+
+    urls = [shard_servers[0].url(0), shard_servers[1].url(0), redis_server.url(2)]
+    for url in urls:
+        client = redis.Redis.from_url(url)
+        client.flushdb()
+        client.close()
+    env = {"FARM_FEED_SHARDS": ",".join(urls)}
+    monkeypatch.setenv("FARM_FEED_SHARDS", env["FARM_FEED_SHARDS"])
+    get_settings.cache_clear()
+    yield env
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
+# Short limits so a message a killed worker held comes back in seconds, not an hour.
+FAST_REDELIVERY = {
+    "FARM_TASK_TIME_LIMIT": "4",
+    "FARM_TASK_SOFT_TIME_LIMIT": "3",
+    "FARM_RETRY_MAX_DELAY": "1",
+    "FARM_VISIBILITY_TIMEOUT": "6",
+    "FARM_RESTORE_INTERVAL": "1",
+}
+
 WorkerFactory = Callable[..., WorkerProcess]
 
 

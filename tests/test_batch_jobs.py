@@ -141,11 +141,13 @@ def test_cli_list_and_unknown_names(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["batch", "--list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[:3] for line in lines] == [
-        ["deadletter-report", "every", "1h"], ["sweep", "every", "15m"]]
+        ["deadletter-report", "every", "1h"], ["sweep", "every", "15m"],
+        ["feed-trim", "every", "1d"]]
 
     assert main(["batch", "nope"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err == ["farm batch: unknown batch job 'nope'; known: deadletter-report, sweep"]
+    assert err == ["farm batch: unknown batch job 'nope'; "
+                   "known: deadletter-report, sweep, feed-trim"]
 
     assert main(["batch"]) == 2
     assert "--list" in capsys.readouterr().err

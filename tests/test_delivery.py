@@ -10,19 +10,11 @@ import redis
 
 from config.celery_app import app
 from config.queues import QUEUES
-from tests.conftest import WorkerFactory, wait_for
+from tests.conftest import FAST_REDELIVERY, WorkerFactory, wait_for
 from workers.cli import main as farm
 
 pytestmark = pytest.mark.integration
 
-# Short limits so an abandoned message comes back in seconds, not an hour.
-FAST_REDELIVERY = {
-    "FARM_TASK_TIME_LIMIT": "4",
-    "FARM_TASK_SOFT_TIME_LIMIT": "3",
-    "FARM_RETRY_MAX_DELAY": "1",
-    "FARM_VISIBILITY_TIMEOUT": "6",
-    "FARM_RESTORE_INTERVAL": "1",
-}
 
 
 def finished(data: redis.Redis, marker: str) -> list[float]:

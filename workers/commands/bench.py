@@ -6,7 +6,7 @@ import argparse
 import runpy
 import sys
 
-BENCHMARKS = {"enqueue": "bench.enqueue", "resize": "bench.resize"}
+BENCHMARKS = {"enqueue": "bench.enqueue", "resize": "bench.resize", "fanout": "bench.fanout"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:

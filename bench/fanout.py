@@ -1,0 +1,162 @@
+"""Feed fan-out at Redis speed: three figures from one run, against the benchmark's own server.
+
+    python -m bench.fanout [--followers N]      (or: farm bench fanout)
+
+1. Followers written per second by one chunk-writing process (tasks.fanout.write_chunk over every
+   chunk of an N-follower owner, N = 1M by default), beside redis-benchmark's pipelined LPUSH
+   rate (`redis-benchmark -t lpush -P 100`) against the same server, and the ratio.
+2. The time for one N-follower post to reach every feed through the real farm: enqueue
+   feeds.fanout, real `farm worker` processes (feed and batch profiles, one prefork process per
+   core between them), until every chunk has run.
+3. Bytes of Redis memory per feed entry, for full feeds (FARM_FEED_CAP entries each).
+
+redis-benchmark is not on PyPI: it is taken from PATH if there (Debian's redis-tools has it);
+without it the ratio is left out, said so, and everything else still runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+OWNER = 1
+FIRST_FOLLOWER = 1_000_000  # follower ids start here, so none collides with the owner
+
+
+def add_followers(r: redis.Redis, key: str, n: int) -> None:
+    """n followers (member = score = id) in batches: the graph as the web tier keeps it."""
+    batch = 20_000
+    pipe = r.pipeline(transaction=False)
+    for start in range(0, n, batch):
+        ids = range(FIRST_FOLLOWER + start, FIRST_FOLLOWER + min(n, start + batch))
+        pipe.zadd(key, {str(i): i for i in ids})
+        pipe.execute()
+
+
+def lpush_baseline(port: int, requests: int) -> float | None:
+    tool = shutil.which("redis-benchmark") or shutil.which("valkey-benchmark")
+    if tool is None:
+        return None
+    out = subprocess.run([tool, "-p", str(port), "-t", "lpush", "-P", "100", "-n",
+                          str(requests), "-q"], capture_output=True, text=True, timeout=300)
+    match = re.search(r"LPUSH[^:]*:\s*([\d.]+)\s*requests per second", out.stdout)
+    return float(match.group(1)) if match else None
+
+
+def chunk_rate(followers: int) -> tuple[float, int]:
+    """Followers written per second by this one process, over every chunk of the owner."""
+    from config.settings import get_settings
+    from tasks.fanout import chunk_ranges, write_chunk
+    from tasks.feed_store import feed_store
+
+    s = get_settings()
+    store = feed_store(s)
+    ranges = chunk_ranges(store, OWNER, s.feed_chunk_size)
+    photo = 2_000_000_000_000_000_000
+    start = time.perf_counter()
+    written = sum(max(0, write_chunk(photo, OWNER, lo, hi, False)) for lo, hi in ranges)
+    elapsed = time.perf_counter() - start
+    return written / elapsed, written
+
+
+def farm_time(followers: int, state: Path) -> float:
+    """Seconds from enqueueing one post's fan-out to its last chunk written, with real workers."""
+    from config.celery_app import app
+    from config.redis import data_redis
+    from config.settings import get_settings
+    from workers.launcher import WorkerProcess, stop_all
+
+    s = get_settings()
+    cores = os.cpu_count() or 1
+    workers = [WorkerProcess("feed", state / "feed.log", concurrency=cores).start(),
+               WorkerProcess("batch", state / "batch.log", concurrency=max(1, cores // 2),
+                             node="batch").start()]
+    try:
+        for w in workers:
+            w.wait_ready(60)
+        r = data_redis()
+        metrics = s.key("metrics", "tasks")
+        done_before = int(r.hget(metrics, "feeds.fanout_chunk:ok") or 0)
+        chunks = -(-followers // s.feed_chunk_size)
+        photo = 2_000_000_000_000_000_001
+        start = time.perf_counter()
+        app.send_task("feeds.fanout", kwargs={"photo_id": photo, "owner_id": OWNER})
+        while int(r.hget(metrics, "feeds.fanout_chunk:ok") or 0) - done_before < 2 * chunks:
+            time.sleep(0.02)
+        return time.perf_counter() - start
+    finally:
+        stop_all(workers)
+
+
+def bytes_per_entry(feeds: int, cap: int) -> float:
+    from config.redis import data_redis
+
+    r = data_redis()
+    before = int(r.info("memory")["used_memory"])
+    base = 3_000_000_000_000_000_000
+    pipe = r.pipeline(transaction=False)
+    for uid in range(feeds):
+        # Realistic ids: 64-bit, time-sorted, a few apart (several posts a second farm-wide).
+        pipe.rpush(f"bench:feed:{uid}", *(base - i * 7919 for i in range(cap)))
+        if uid % 50 == 49:
+            pipe.execute()
+    pipe.execute()
+    used = int(r.info("memory")["used_memory"]) - before
+    return used / (feeds * cap)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="fan-out benchmark")
+    parser.add_argument("--followers", type=int, default=1_000_000)
+    parser.add_argument("--lpush-requests", type=int, default=2_000_000)
+    opts = parser.parse_args()
+
+    from workers.embedded_redis import EmbeddedRedis
+
+    state = Path(os.environ.get("TMPDIR", "/tmp")) / f"farm-bench-fanout-{os.getpid()}"
+    state.mkdir(parents=True, exist_ok=True)
+    with EmbeddedRedis() as server:
+        for name in [k for k in os.environ if k.startswith("FARM_")]:
+            del os.environ[name]
+        os.environ.update(FARM_BROKER_URL=server.url(0), FARM_REDIS_URL=server.url(1),
+                          FARM_ENV_FILE=os.devnull, FARM_STATE_DIR=str(state))
+        from config.settings import get_settings
+        from tasks.feed_store import feed_store
+
+        s = get_settings()
+        store = feed_store(s)
+        add_followers(store.graph, store.followers_key(OWNER), opts.followers)
+        print(f"server: valkey {store.graph.info('server')['valkey_version']} on a free port; "
+              f"{opts.followers} followers, chunks of {s.feed_chunk_size}, {os.cpu_count()} "
+              f"cores", flush=True)
+
+        rate, written = chunk_rate(opts.followers)
+        print(f"one chunk-writing process: {rate:,.0f} followers/s ({written} written)")
+        lpush = lpush_baseline(server.port or 0, opts.lpush_requests)
+        if lpush is None:
+            print("redis-benchmark not found on PATH: the LPUSH baseline is left out")
+        else:
+            print(f"redis-benchmark -t lpush -P 100: {lpush:,.0f} LPUSH/s (same server)")
+
+        e2e = farm_time(opts.followers, state)
+        print(f"one {opts.followers}-follower post through the farm: {e2e:.2f} s "
+              f"(enqueue -> every chunk written)")
+        per_entry = bytes_per_entry(500, s.feed_cap)
+        print(f"memory: {per_entry:.1f} bytes per feed entry (500 full feeds of {s.feed_cap})")
+    shutil.rmtree(state, ignore_errors=True)
+    ratio = f"{rate / lpush:.2f} of pipelined LPUSH" if lpush else "no LPUSH baseline"
+    print(f"{rate:,.0f} followers/s per process ({ratio}; goals >= 400k/s and >= 0.25), "
+          f"{e2e:.2f} s for {opts.followers:,} followers end to end (goal <= 5 s), "
+          f"{per_entry:.1f} bytes/entry (goal <= 12)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""Feed fan-out: a photo's id into every follower's feed, active followers first.
+
+``fan_out`` cuts the owner's followers into chunks by follower id (not rank, so a follow or an
+unfollow during a fan-out shifts nobody into another chunk) and enqueues each chunk twice: the
+active followers' pass on ``feeds``, all of them first, then the rest on ``feeds_batch``.
+``write_chunk`` is one Lua call on the data Redis (which followers, is the photo deleted) and one
+Lua call per feed shard that has followers in the chunk (both in one call when the feeds live on
+the data Redis itself): insert in sorted place, trim only when over the cap, and set the chunk's
+done-marker in the same atomic step, so a chunk run twice (redelivery, replay) writes nothing the
+second time. Before any of that, the post goes into the
+owner's posts list (for backfills and rebuilds) and their own feed; a tombstoned photo goes nowhere.
+
+"Active" is judged against the photo's own time (from its id), not the clock when a chunk runs,
+so both passes and any replay agree on who is in which pass.
+
+Feed keys are built inside the shard script from a prefix rather than passed as KEYS: fine on
+standalone servers (each shard is one), not valid under Redis Cluster. Key layout: feed_store.py.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
+from typing import Any
+
+import redis
+
+from config.celery_app import app
+from config.queues import Q
+from config.settings import Settings, get_settings
+from tasks import timing
+from tasks.errors import PermanentError
+from tasks.feed_store import LUA_NEWER, FeedStore, feed_store, lua
+from tasks.ids import id_time_ms
+
+MAX_PHOTO_ID = 2**63 - 1  # signed 64-bit, as the web tier makes them (tasks/ids.py)
+MAX_USER_ID = 2**53 - 1  # user ids are sorted-set scores: doubles are exact only this far
+# A touch recorded after the active pass looked may carry a clock a little behind the one that
+# minted the photo id; anyone seen this close to (or after) the post is also in the inactive pass.
+CLOCK_SKEW_S = 60.0
+
+# place(key, id, cap, last): put photo `id` into the list at `key` in its sorted place (newest
+# first), never twice, keeping at most `cap` entries (`last` is tostring(cap - 1)). Returns 1 when
+# written, 0 when already there or older than everything in a full list. Arguments to redis.call
+# are strings: Redis' Lua bridge formats every number it is given, which costs per call.
+LUA_PLACE = LUA_NEWER + """
+local call = redis.call
+local function place(key, id, cap, last)
+  local head = call('LINDEX', key, '0')
+  if not head or newer(id, head) then  -- the usual case: the newest photo goes on top
+    if call('LPUSH', key, id) > cap then call('LTRIM', key, '0', last) end
+    return 1
+  end
+  if head == id then return 0 end
+  -- A late arrival (an older photo's chunk ran after a newer one's): scan in growing pages,
+  -- since its place is nearly always near the top.
+  local start, size = 1, 16
+  while true do
+    local items = call('LRANGE', key, start, start + size - 1)
+    for _, x in ipairs(items) do
+      if x == id then return 0 end
+      if newer(id, x) then
+        if call('LINSERT', key, 'BEFORE', x, id) > cap then call('LTRIM', key, '0', last) end
+        return 1
+      end
+    end
+    if #items < size then  -- older than everything there: append unless the list is full
+      if start + #items >= cap then return 0 end
+      call('RPUSH', key, id)
+      return 1
+    end
+    start, size = start + size, size * 2
+  end
+end
+"""
+
+# write_feeds(marker, id, cap, ttl, prefix, each): `id` into the feed of every user id the
+# iterator `each` yields, then the chunk's marker, in one atomic step. Returns -1 when the marker
+# was there already (the chunk ran here before), else how many feeds took the photo.
+_LUA_WRITE = LUA_PLACE + """
+local function write_feeds(marker, id, cap, ttl, prefix, each)
+  if call('EXISTS', marker) == 1 then return -1 end
+  local last, written = tostring(cap - 1), 0
+  for uid in each do written = written + place(prefix .. uid, id, cap, last) end
+  call('SET', marker, written, 'EX', ttl)
+  return written
+end
+"""
+
+# followers(fkey, akey, lo, hi, cutoff, recent, want): the followers in `fkey` with
+# lo < id <= hi in the wanted pass, judged by their score in the last-active set `akey`:
+# seen since `cutoff` (the active pass), or not, or seen since `recent` (the inactive pass).
+_LUA_SELECT = """
+local function followers(fkey, akey, lo, hi, cutoff, recent, want)
+  local ids = redis.call('ZRANGE', fkey, '(' .. lo, hi, 'BYSCORE')
+  local out = {}
+  for s = 1, #ids, 4000 do  -- unpack() has a stack limit
+    local batch = {unpack(ids, s, math.min(s + 3999, #ids))}
+    local seen = redis.call('ZMSCORE', akey, unpack(batch))
+    for i, uid in ipairs(batch) do
+      local t = seen[i] and tonumber(seen[i])
+      local take
+      if want then take = t and t >= cutoff
+      else take = not t or t < cutoff or t >= recent end
+      if take then out[#out + 1] = uid end
+    end
+  end
+  return out
+end
+"""
+
+# On a feed shard. KEYS: the chunk's marker here, the photo's tombstone here.
+# ARGV: photo id, cap, marker TTL, feed key prefix, follower ids joined by commas (one argument:
+# a thousand separate ones cost the client more to encode than the script takes to run).
+# Returns -2 when the photo is deleted, else write_feeds'.
+_SHARD_WRITE = _LUA_WRITE + """
+if call('EXISTS', KEYS[2]) == 1 then return -2 end
+return write_feeds(KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4],
+                   string.gmatch(ARGV[5], '%d+'))
+"""
+
+# On the data Redis. KEYS: the owner's followers, last_active, the photo's tombstone.
+# ARGV: lo, hi, active cutoff, seen-recently cutoff, pass (1|0).
+# Returns -1 when the photo is deleted, else the pass's follower ids joined by commas.
+_SELECT = _LUA_SELECT + """
+if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+return table.concat(followers(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]),
+                              tonumber(ARGV[4]), ARGV[5] == '1'), ',')
+"""
+
+# When the feeds live on the data Redis itself (no FARM_FEED_SHARDS), select and write are one
+# script: one round trip per chunk. KEYS: _SELECT's, then the chunk's marker. ARGV: _SELECT's,
+# then the photo id, cap, marker TTL, feed key prefix. Returns as _SHARD_WRITE does.
+_LOCAL_CHUNK = _LUA_SELECT + _LUA_WRITE + """
+if call('EXISTS', KEYS[3]) == 1 then return -2 end
+local ids, i = followers(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]),
+                         tonumber(ARGV[4]), ARGV[5] == '1'), 0
+return write_feeds(KEYS[4], ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9],
+                   function() i = i + 1 return ids[i] end)
+"""
+
+# On the data Redis. KEYS: the owner's followers. ARGV: chunk size.
+# Returns the follower count, then each chunk's last follower id but the last chunk's
+# (read in one atomic step, so the boundaries are one consistent snapshot).
+_BOUNDS = """
+local n, step = redis.call('ZCARD', KEYS[1]), tonumber(ARGV[1])
+local out = {n}
+for r = step - 1, n - 2, step do out[#out + 1] = redis.call('ZRANGE', KEYS[1], r, r)[1] end
+return out
+"""
+
+# On the data Redis. KEYS: the photo's tombstone, the owner's posts. ARGV: photo id, cap.
+_OWN_POST = LUA_PLACE + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+return place(KEYS[2], ARGV[1], tonumber(ARGV[2]), tostring(tonumber(ARGV[2]) - 1))
+"""
+
+def _run(client: redis.Redis, text: str, keys: list[str], args: list[Any]) -> Any:
+    return lua(client, text)(keys=keys, args=args)
+
+
+def _check_id(name: str, value: Any, top: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= top:
+        raise PermanentError(f"{name} must be an integer id between 1 and {top}, got {value!r}")
+    return value
+
+
+def _chunk_name(lo: int, hi: int, active: bool) -> str:
+    return f"{lo}-{hi}-{'a' if active else 'i'}"
+
+
+def _write_feeds(store: FeedStore, s: Settings, photo_id: int, ids: str, chunk: str) -> int:
+    """One script call per shard with followers in ``ids`` (comma-joined), the shards' calls
+    in flight together; -1 if every shard had done this chunk already."""
+    if not ids:
+        return 0
+    if len(store.shards) == 1:
+        groups = {0: ids}
+    else:
+        groups = {i: ",".join(map(str, members))
+                  for i, members in store.by_shard(map(int, ids.split(","))).items()}
+    keys = [store.marker_key(photo_id, chunk), store.tombstone_key(photo_id)]
+    head = [photo_id, s.feed_cap, s.marker_ttl, f"{s.key_prefix}:feed:"]
+
+    def write(item: tuple[int, str]) -> int:
+        return int(_run(store.shards[item[0]], _SHARD_WRITE, keys, [*head, item[1]]))
+
+    # Each shard's script runs on its own server: waiting on them one by one would add up.
+    results = [write(g) for g in groups.items()] if len(groups) == 1 else list(
+        _threads(len(store.shards)).map(write, groups.items()))
+    if all(r == -1 for r in results):
+        return -1
+    return sum(r for r in results if r > 0)
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _threads(n: int) -> ThreadPoolExecutor:
+    """This process's threads for talking to the shards at once (made after fork)."""
+    pool = _pools.get(os.getpid())
+    if pool is None:
+        pool = _pools[os.getpid()] = ThreadPoolExecutor(n, thread_name_prefix="feed-shard")
+    return pool
+
+
+def _walk(store: FeedStore, owner_id: int, size: int) -> tuple[int, list[tuple[int, int]]]:
+    n, *bounds = _run(store.graph, _BOUNDS, [store.followers_key(owner_id)], [size])
+    if not n:
+        return 0, []
+    edges = [0, *map(int, bounds), MAX_USER_ID]  # the last chunk is open-ended: late follows
+    return int(n), list(pairwise(edges))
+
+
+def chunk_ranges(store: FeedStore, owner_id: int, size: int) -> list[tuple[int, int]]:
+    """The owner's followers as (lo, hi] follower-id ranges of about ``size`` each."""
+    return _walk(store, owner_id, size)[1]
+
+
+def fan_out(photo_id: int, owner_id: int) -> dict[str, Any]:
+    """Record the post, put it in the owner's own feed, and enqueue the followers' chunks."""
+    _check_id("photo_id", photo_id, MAX_PHOTO_ID)
+    _check_id("owner_id", owner_id, MAX_USER_ID)
+    s, store = get_settings(), feed_store()
+    summary: dict[str, Any] = {"deleted": False, "followers": 0, "chunks": 0}
+    with timing.phase("own"):
+        if _run(store.graph, _OWN_POST, [store.tombstone_key(photo_id), store.posts_key(owner_id)],
+                [photo_id, s.posts_cap]) == -1:
+            summary["deleted"] = True
+            return summary
+        _write_feeds(store, s, photo_id, str(owner_id), "own")
+    with timing.phase("walk"):
+        n, chunks = _walk(store, owner_id, s.feed_chunk_size)
+    if not chunks:
+        return summary
+    with timing.phase("enqueue"), app.producer_or_acquire() as producer:
+        for active, queue in ((True, Q.FEEDS), (False, Q.FEEDS_BATCH)):  # all active first
+            for lo, hi in chunks:
+                app.send_task("feeds.fanout_chunk", producer=producer, queue=str(queue), kwargs={
+                    "photo_id": photo_id, "owner_id": owner_id, "lo": lo, "hi": hi,
+                    "active": active})
+    summary.update(followers=n, chunks=len(chunks))
+    return summary
+
+
+def write_chunk(photo_id: int, owner_id: int, lo: int, hi: int, active: bool) -> int:
+    """Write one pass of one chunk; entries written, or -1 when it had run already."""
+    _check_id("photo_id", photo_id, MAX_PHOTO_ID)
+    _check_id("owner_id", owner_id, MAX_USER_ID)
+    if (isinstance(lo, bool) or isinstance(hi, bool) or not isinstance(lo, int)
+            or not isinstance(hi, int) or not 0 <= lo < hi <= MAX_USER_ID):
+        raise PermanentError(f"chunk bounds must be ints with 0 <= lo < hi, got {lo!r}, {hi!r}")
+    if not isinstance(active, bool):
+        raise PermanentError(f"active must be true or false, got {active!r}")
+    s, store = get_settings(), feed_store()
+    # Both passes judge activity at the photo's own time, so a replay decides the same way; the
+    # inactive pass also takes anyone seen since, who may have turned active after the active
+    # pass looked (last_active only grows), so nobody falls between the two passes.
+    posted = id_time_ms(photo_id) / 1000
+    cutoff = posted - s.feed_active_days * 86400
+    keys = [store.followers_key(owner_id), store.last_active, store.tombstone_key(photo_id)]
+    args: list[Any] = [lo, hi, repr(cutoff), repr(posted - CLOCK_SKEW_S), int(active)]
+    chunk = _chunk_name(lo, hi, active)
+    if len(store.shards) == 1 and store.shards[0] is store.graph:
+        with timing.phase("write"):
+            done = _run(store.graph, _LOCAL_CHUNK, [*keys, store.marker_key(photo_id, chunk)],
+                        [*args, photo_id, s.feed_cap, s.marker_ttl, f"{s.key_prefix}:feed:"])
+        return 0 if done == -2 else int(done)
+    with timing.phase("select"):
+        uids = _run(store.graph, _SELECT, keys, args)
+    if uids == -1:
+        return 0
+    with timing.phase("write"):
+        return _write_feeds(store, s, photo_id, uids, chunk)

@@ -1,0 +1,173 @@
+"""The feed data contract with the web tier, in one place: key layout, sharding, reads.
+
+In the data Redis (the graph, written by the web tier; `follow`/`unfollow`/`touch` below do it
+right):
+  {p}:followers:{uid}   sorted set of the user's followers, member = score = follower id
+                        (scores make a stable cursor for fan-out: ids, not ranks)
+  {p}:following:{uid}   sorted set of the users they follow, member = score = followee id
+  {p}:last_active       sorted set, member = user id, score = last-active Unix time
+  {p}:posts:{uid}       list of the user's own photo ids, newest first (capped), kept by fan-out
+On the feed shards (a user's keys always on one shard, by a stable hash of the user id):
+  {p}:feed:{uid}        list of photo ids, newest first, capped at FARM_FEED_CAP
+  {p}:activity:{uid}    list of JSON activity entries, newest first, capped
+  {p}:fanout:{photo}:{chunk}   a fan-out chunk's done-marker, written with the feed writes
+
+Photo ids are 64-bit and time-sorted (tasks/ids.py). Redis scores are doubles, exact to 2**53:
+user ids, which are scores here, must stay below that; photo ids are only ever list members.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+
+import redis
+from redis.commands.core import Script
+
+from config.redis import data_redis
+from config.settings import Settings, get_settings
+
+_M64 = (1 << 64) - 1
+
+# For the Lua scripts: photo ids are 64-bit, beyond Lua's exact doubles (2**53), so they are
+# compared as decimal strings: the longer is larger, and equal lengths compare as text.
+LUA_NEWER = """
+local function newer(a, b)
+  if #a ~= #b then return #a > #b end
+  return a > b
+end
+"""
+
+
+def _mix(key: int) -> int:
+    """splitmix64's finaliser: sequential user ids spread evenly before the jump hash."""
+    key = (key + 0x9E3779B97F4A7C15) & _M64
+    key = ((key ^ (key >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    key = ((key ^ (key >> 27)) * 0x94D049BB133111EB) & _M64
+    return key ^ (key >> 31)
+
+
+def jump_hash(key: int, buckets: int) -> int:
+    """Lamping and Veach's jump consistent hash: adding an (n+1)th shard moves only the 1/(n+1)
+    of users that now hash to it; everyone else stays where they were."""
+    key, b, j = _mix(key), -1, 0
+    while j < buckets:
+        b = j
+        key = (key * 2862933555777941757 + 1) & _M64
+        j = int((b + 1) * ((1 << 31) / ((key >> 33) + 1)))
+    return b
+
+
+class FeedStore:
+    """Keys, shard clients and the web tier's reads. One per process (see :func:`feed_store`)."""
+
+    def __init__(self, s: Settings, graph: redis.Redis, shards: list[redis.Redis]) -> None:
+        self.s = s
+        self.graph = graph
+        self.shards = shards
+        p = s.key_prefix
+        self.last_active = f"{p}:last_active"
+        self._p = p
+
+    # keys
+    def followers_key(self, uid: int) -> str:
+        return f"{self._p}:followers:{uid}"
+
+    def following_key(self, uid: int) -> str:
+        return f"{self._p}:following:{uid}"
+
+    def posts_key(self, uid: int) -> str:
+        return f"{self._p}:posts:{uid}"
+
+    def feed_key(self, uid: int) -> str:
+        return f"{self._p}:feed:{uid}"
+
+    def activity_key(self, uid: int) -> str:
+        return f"{self._p}:activity:{uid}"
+
+    def tombstone_key(self, photo_id: int | str) -> str:
+        """A deleted photo's tombstone, on the data Redis and every shard ("" gives the prefix,
+        for scripts that check many ids)."""
+        return f"{self._p}:deleted:{photo_id}"
+
+    def marker_key(self, photo_id: int, chunk: str) -> str:
+        return f"{self._p}:fanout:{photo_id}:{chunk}"
+
+    # sharding
+    def shard_index(self, uid: int) -> int:
+        return jump_hash(uid, len(self.shards))
+
+    def shard_for(self, uid: int) -> redis.Redis:
+        return self.shards[self.shard_index(uid)]
+
+    def by_shard(self, uids: Iterable[int]) -> dict[int, list[int]]:
+        """Shard index -> the given users on it, in the order given."""
+        out: dict[int, list[int]] = {}
+        for uid in uids:
+            out.setdefault(self.shard_index(uid), []).append(uid)
+        return out
+
+    # the web tier's reads
+    def feed_page(self, uid: int, limit: int = 30, before_id: int | None = None) -> list[int]:
+        """Up to ``limit`` photo ids of the user's feed, newest first, older than ``before_id``."""
+        if limit <= 0:
+            return []
+        shard, key = self.shard_for(uid), self.feed_key(uid)
+        if before_id is None:
+            return [int(x) for x in shard.lrange(key, 0, limit - 1)]
+        pos = shard.lpos(key, str(before_id))
+        if pos is not None:
+            return [int(x) for x in shard.lrange(key, pos + 1, pos + limit)]
+        # The cursor's photo is gone (deleted, trimmed): the list is sorted, so filter it.
+        older = [int(x) for x in shard.lrange(key, 0, -1) if int(x) < before_id]
+        return older[:limit]
+
+    def activity_page(self, uid: int, limit: int = 30) -> list[str]:
+        return list(self.shard_for(uid).lrange(self.activity_key(uid), 0, limit - 1))
+
+    # the web tier's graph writes, done the way fan-out expects them
+    def follow(self, follower: int, followee: int) -> None:
+        pipe = self.graph.pipeline(transaction=True)
+        pipe.zadd(self.followers_key(followee), {str(follower): follower})
+        pipe.zadd(self.following_key(follower), {str(followee): followee})
+        pipe.execute()
+
+    def unfollow(self, follower: int, followee: int) -> None:
+        pipe = self.graph.pipeline(transaction=True)
+        pipe.zrem(self.followers_key(followee), str(follower))
+        pipe.zrem(self.following_key(follower), str(followee))
+        pipe.execute()
+
+    def touch(self, uid: int, when: float | None = None) -> None:
+        """Record that the user was active (opened the app) now, or at ``when``."""
+        self.graph.zadd(self.last_active, {str(uid): time.time() if when is None else when})
+
+
+_scripts: dict[tuple[int, str], Script] = {}
+
+
+def lua(client: redis.Redis, source: str) -> Script:
+    """``source`` registered once per client, called by EVALSHA (redis-py reloads it on
+    NOSCRIPT). The Script holds its client, so a cached client id is never reused."""
+    key = (id(client), source)
+    script = _scripts.get(key)
+    if script is None:
+        script = _scripts[key] = client.register_script(source)
+    return script
+
+
+_stores: dict[tuple[int, tuple[str, ...], str], FeedStore] = {}
+
+
+def feed_store(s: Settings | None = None) -> FeedStore:
+    """The process's FeedStore; shard clients are made after fork, one pool per shard."""
+    s = s or get_settings()
+    key = (os.getpid(), s.feed_shards, s.redis_url)
+    store = _stores.get(key)
+    if store is None:
+        graph = data_redis(s.redis_url)
+        shards = ([redis.Redis.from_url(u, decode_responses=True, health_check_interval=30)
+                   for u in s.feed_shards] or [graph])
+        store = _stores[key] = FeedStore(s, graph, shards)
+    return store
