@@ -25,6 +25,8 @@ def test_demo_runs_end_to_end_with_no_configuration(tmp_path: Path) -> None:
     assert "replay succeeded" in text
     assert "photo 101: ready  full=810x1080 sq612=612x612" in text  # EXIF-rotated upload
     assert "photo 106: failed  truncated or corrupt image data" in text
+    assert "user  7: [102, 101]" in text and "user 12: [102, 101]" in text  # fan-out
+    assert "user 10: []" in text and "user 11: []" in text  # unfollow, delete
     table = {line.split()[0]: line.split()[1:] for line in text.splitlines()
              if line.startswith("  ") and line.split()[0].count(".") == 1}
     assert table["photos.process"][:3] == ["5", "0", "1"]  # the truncated upload: dead-lettered

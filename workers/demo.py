@@ -34,6 +34,7 @@ UPLOADS = [  # photo id, owner, original's key (see workers/demo_photos.py), cap
     (105, 2, "originals/105.jpg", "night walk", ["facebook"]),
 ]
 BROKEN_UPLOAD = (106, 3, "originals/106.jpg")  # truncated: refused, recorded, dead-lettered
+FOLLOWERS = range(10, 40)
 
 
 def say(line: str = "") -> None:
@@ -98,6 +99,7 @@ def push_workload() -> bool:
     from tasks import enqueue
     from tasks.blobs import open_store
     from tasks.deadletter import DeadLetterStore
+    from tasks.feed_store import feed_store
     from tasks.photo_records import PhotoRecords
     from workers.commands.ping import ping_queues
     from workers.commands.stats import collect
@@ -117,6 +119,11 @@ def push_workload() -> bool:
     before: dict[str, dict[str, float]] = collect(s)["tasks"]  # type: ignore[assignment]
     say(f"\n== the web tier stores {len(UPLOADS) + 1} originals in {s.storage_url} and enqueues "
         "(ids and keys only)")
+    feeds = feed_store(s)
+    for follower in FOLLOWERS:  # the web tier keeps the graph; users 1-3 have ten followers each
+        feeds.follow(follower, 1 + follower % 3)
+        if follower % 2:
+            feeds.touch(follower)  # seen recently: these get new posts first
     store = open_store(s)
     for key, (data, content_type) in sample_uploads().items():
         store.put(key, data, content_type=content_type)
@@ -125,8 +132,10 @@ def push_workload() -> bool:
     broken = enqueue.photo_uploaded(*BROKEN_UPLOAD)
     say(f"  photo_uploaded x{len(UPLOADS)} -> photos.process, then fan-out, cross-posts, "
         "webhooks; and one truncated upload")
+    feeds.follow(7, 1)
     enqueue.user_followed(7, 1)
-    enqueue.user_unfollowed(8, 2)
+    feeds.unfollow(10, 2)
+    enqueue.user_unfollowed(10, 2)
     enqueue.photo_deleted(104, 3)
     enqueue.notify_users([1, 2, 3], "Your photo has a new like", badge=1)
     say("  user_followed, user_unfollowed, photo_deleted (batch queue), notify_users")
@@ -146,7 +155,10 @@ def push_workload() -> bool:
     expected = {"photos.process": 5, "feeds.fanout": 5, "webhooks.deliver": 5,
                 "social.crosspost": shares, "feeds.follow": 1, "feeds.unfollow": 1,
                 "feeds.photo_deleted": 1, "push.notify": 1, "batch.sweep": 1,
-                "batch.deadletter_report": 1}
+                "batch.deadletter_report": 1,
+                # two passes (active, inactive) per owner's chunk; photo 104's may be skipped
+                # when its delete lands first
+                "feeds.fanout_chunk": 2 * (len(UPLOADS) - 1), "feeds.delete_chunk": 1}
 
     def counts() -> dict[str, dict[str, float]]:
         """This run's counts: the farm's counters minus what they held before it."""
@@ -181,6 +193,10 @@ def push_workload() -> bool:
             continue
         sizes = " ".join(f"{n}={v['width']}x{v['height']}" for n, v in rec.variants.items())
         say(f"  photo {photo_id}: {rec.status}  {sizes or rec.reason}")
+    say("\n== feeds, newest first (user 7 follows 1; 10 unfollowed 2; 11 follows 3, whose 104 "
+        "was deleted; 12 follows 1)")
+    for user in (7, 10, 11, 12):
+        say(f"  user {user:>2}: {feeds.feed_page(user, 10)}")
     say("\n== what ran (from the farm's counters)")
     say(f"  {'task':<24} {'ok':>4} {'retry':>6} {'dead':>5} {'mean ms':>8}")
     for name, c in sorted(counts().items()):
