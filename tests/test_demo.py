@@ -36,3 +36,52 @@ def test_demo_runs_end_to_end_with_no_configuration(tmp_path: Path) -> None:
     # Nothing left running: every worker's log ends with its warm shutdown.
     for profile in ("cpu", "feed", "io", "batch"):
         assert "Warm shutdown" in (tmp_path / "demo" / "logs" / f"{profile}.log").read_text()
+
+
+def test_demo_serve_keeps_the_farm_up_with_flower_until_sigterm(tmp_path: Path) -> None:
+    import base64
+    import signal
+    import time
+    import urllib.error
+    import urllib.request
+
+    from workers.embedded_redis import free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    env.update(FARM_STATE_DIR=str(tmp_path), FARM_FLOWER_PORT=str(port),
+               FARM_FLOWER_PASSWORD="s3cret-demo")
+    log = tmp_path / "serve.out"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "demo", "--serve"],
+                                env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while "serving: Flower" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        url = f"http://127.0.0.1:{port}/api/workers"
+
+        def status(auth: str | None) -> int:
+            req = urllib.request.Request(url)
+            if auth:
+                req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+            try:
+                with urllib.request.urlopen(req, timeout=5) as resp:
+                    return resp.status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+            except OSError:
+                return 0
+
+        while status("farm:s3cret-demo") != 200 and time.monotonic() < deadline:
+            time.sleep(0.3)  # Flower takes a moment to bind
+        assert status("farm:s3cret-demo") == 200
+        assert status(None) == 401 and status("farm:wrong") == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    text = log.read_text()
+    assert code == 0, text
+    assert text.rstrip().endswith("stopped every process the demo started")
+    assert "s3cret-demo" not in text
