@@ -150,6 +150,8 @@ def test_s3_throttling_is_retried_then_the_photo_is_stored(
         rec = wait_for(lambda: (r := record(data, 10)) and r.status == "ready" and r,
                        timeout=30, what="photo 10 ready after throttling")
         assert set(rec.variants) == set(VARIANTS)
+        # The counters are written as the task returns, a moment after the record.
+        wait_for(lambda: data.hget("farm:metrics:tasks", "photos.process:ok"), what="counters")
         counts = data.hgetall("farm:metrics:tasks")
         assert counts["photos.process:retry"] == "2" and counts["photos.process:ok"] == "1"
     finally:

@@ -39,6 +39,8 @@ def test_transient_errors_retry_with_backoff_then_succeed(
     assert len(times) == 3
     # Retry-After is a floor: each retry waited at least what the "server" asked for.
     assert all(b - a >= 0.4 for a, b in itertools.pairwise(times))
+    # The counters are written as the task returns, a moment after its own effect.
+    wait_for(lambda: data.hget("farm:metrics:tasks", "diag.flaky:ok"), what="counters")
     counts = metrics.read(data, get_settings())["diag.flaky"]
     assert (counts["retry"], counts["ok"], counts["deadletter"]) == (2, 1, 0)
     assert store(data).count() == 0
