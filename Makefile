@@ -35,6 +35,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.enqueue
 	$(BIN)/python -m bench.resize
+	$(BIN)/python -m bench.fanout
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info
