@@ -94,6 +94,15 @@ class Settings:
     activity_cap: int = 200
     marker_ttl: int = 7 * 86400  # how long a fan-out chunk's done-marker guards a rerun
 
+    # APNs: apps as "bundle_id|key_id|team_id|key_path[|environment]" entries (comma separated)
+    # or the path of a JSON list; environment: production (default), sandbox or an https:// URL.
+    apns_apps: str = ""
+    apns_ca_file: str = ""  # CA bundle for a custom APNs endpoint (a test host)
+    apns_timeout: float = 10.0  # seconds per push request
+    # Age at which the farm's shared provider token is re-signed (each process +-5 min); Apple
+    # refuses tokens older than an hour and throttles re-signing more often than every 20 min.
+    apns_token_refresh: int = 2700
+
     extra_imports: tuple[str, ...] = ()  # further task modules, comma separated
 
     def __post_init__(self) -> None:
@@ -149,6 +158,9 @@ def _validate(s: Settings) -> None:
     _check(list(s.photo_squares) == sorted(s.photo_squares, reverse=True), "photo_squares",
            "must be listed largest first")
     _check(s.feed_active_days > 0, "feed_active_days", "must be positive")
+    _check(s.apns_timeout > 0, "apns_timeout", "must be positive")
+    _check(1500 <= s.apns_token_refresh <= 3000, "apns_token_refresh",
+           "must be between 1500 and 3000 seconds (Apple: re-sign every 20-60 minutes)")
     for url in s.feed_shards:
         _check(urlsplit(url).scheme in ("redis", "rediss", "unix"), "feed_shards",
                f"must be comma-separated redis:// URLs, got {url!r}")
@@ -221,12 +233,11 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
     dotenv = dotenv if dotenv is not None else Path(env.get("FARM_ENV_FILE", ".env"))
     if dotenv.is_file():
         env = {**read_dotenv(dotenv), **env}
-    known = {f.name for f in fields(Settings)}
-    unknown = sorted(
-        k for k in env
-        if k.startswith(PREFIX) and k != "FARM_ENV_FILE"
-        and k[len(PREFIX):].lower().removesuffix("_file") not in known
-    )
+    known = {f"{PREFIX}{f.name.upper()}" for f in fields(Settings)}
+    known |= {f"{PREFIX}{f.name.upper()}_FILE" for f in fields(Settings)
+              if f.metadata.get("secret")}
+    unknown = sorted(k for k in env if k.startswith(PREFIX) and k not in known
+                     and k != "FARM_ENV_FILE")
     if unknown:
         raise SettingsError(f"{unknown[0]}: unknown setting (see .env.example)")
     hints = get_type_hints(Settings)

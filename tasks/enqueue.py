@@ -134,9 +134,12 @@ def activity(user_id: int, kind: str, actor_id: int, photo_id: int | None = None
     return _send("feeds.activity", {**kwargs, "event_id": uuid.uuid4().hex})
 
 
-def notify_users(user_ids: Iterable[int], alert: str, badge: int | None = None,
-                 sound: str | None = None, data: Mapping[str, Any] | None = None) -> str:
-    """Push one notification to every registered device of these users."""
+def notify_users(user_ids: Iterable[int], alert: str | None = None, badge: int | None = None,
+                 sound: str | None = None, data: Mapping[str, Any] | None = None, *,
+                 content_available: bool = False, priority: int | None = None,
+                 expiration: int | None = None, collapse_id: str | None = None) -> str:
+    """Push one notification to every registered device of these users (each device once,
+    however often the task is delivered)."""
     if isinstance(user_ids, (str, bytes)):
         raise ValueError("user_ids must be a list of integer ids")
     ids = list(dict.fromkeys(_id("user_ids[]", u) for u in user_ids))
@@ -145,10 +148,21 @@ def notify_users(user_ids: Iterable[int], alert: str, badge: int | None = None,
     if len(ids) > MAX_NOTIFY_USERS:
         raise ValueError(f"user_ids has {len(ids)} users, over {MAX_NOTIFY_USERS} per call; "
                          "split the list")
+    if alert is None and not content_available and badge is None:
+        raise ValueError("a notification needs an alert, a badge or content_available")
+    if alert is not None:
+        _text("alert", alert, MAX_ALERT, required=True)
     if badge is not None and (isinstance(badge, bool) or not isinstance(badge, int) or badge < 0):
         raise ValueError(f"badge must be a non-negative integer, got {badge!r}")
     if sound is not None:
         _text("sound", sound, 64, required=True)
+    if priority not in (None, 1, 5, 10):
+        raise ValueError(f"priority must be 10, 5 or 1, got {priority!r}")
+    if expiration is not None and (isinstance(expiration, bool) or not isinstance(expiration, int)
+                                   or expiration < 0):
+        raise ValueError(f"expiration must be a Unix time in seconds, got {expiration!r}")
+    if collapse_id is not None and not 0 < len(collapse_id.encode()) <= 64:
+        raise ValueError("collapse_id must be 1 to 64 bytes")
     payload = dict(data or {})
     try:
         encoded = json.dumps(payload, allow_nan=False)
@@ -156,6 +170,7 @@ def notify_users(user_ids: Iterable[int], alert: str, badge: int | None = None,
         raise ValueError(f"data must be plain JSON: {exc}") from None
     if len(encoded) > MAX_DATA_BYTES:
         raise ValueError(f"data is {len(encoded)} bytes of JSON, over {MAX_DATA_BYTES}")
-    return _send("push.notify", {"user_ids": ids, "alert": _text("alert", alert, MAX_ALERT,
-                                                                   required=True),
-                                 "badge": badge, "sound": sound, "data": payload})
+    return _send("push.notify", {
+        "user_ids": ids, "alert": alert, "notification_id": uuid.uuid4().hex, "badge": badge,
+        "sound": sound, "data": payload, "content_available": content_available,
+        "priority": priority, "expiration": expiration, "collapse_id": collapse_id})

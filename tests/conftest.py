@@ -148,4 +148,4 @@ def wait_for(predicate: Callable[[], object], timeout: float = 20.0, interval: f
 
 # moto S3 server and fault proxy fixtures. Named as `from conftest import` names this directory's
 # modules, so it loads under plain `pytest` as well as `python -m pytest`.
-pytest_plugins = ["s3_server"]
+pytest_plugins = ["s3_server", "apns_standin"]

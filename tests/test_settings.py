@@ -81,3 +81,9 @@ def test_env_example_documents_every_setting() -> None:
     for name in as_environ(load()):
         assert f"{name}=" in example, f"{name} missing from .env.example"
     assert "FARM_FLOWER_PASSWORD=" in example
+
+
+def test_file_variants_exist_only_for_secrets() -> None:
+    assert load(FARM_APNS_CA_FILE="/etc/ca.pem").apns_ca_file == "/etc/ca.pem"
+    with pytest.raises(SettingsError, match="FARM_KEY_PREFIX_FILE: unknown setting"):
+        load(FARM_KEY_PREFIX_FILE="/x")

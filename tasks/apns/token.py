@@ -1,0 +1,154 @@
+"""The farm-wide APNs provider token: one ES256 JWT per signing key, shared by every process.
+
+Apple wants a token refreshed every 20-60 minutes and throttles providers that sign more often
+(TooManyProviderTokenUpdates), so the token is never minted per connection or per process: it
+lives in the data Redis as {token, iat}. Whoever first finds it older than its refresh age
+(45 min, +-5 min per process so the farm doesn't race) re-signs it under a lock; the rest pick it
+up. Each process also keeps it in memory and re-reads Redis at most every CHECK_EVERY seconds, so
+a push doesn't cost a Redis round trip.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+
+import jwt
+import redis
+
+from config.redis import data_redis
+from config.settings import get_settings
+from schedules.lock import RunLock
+from tasks.apns.apps import App
+from tasks.errors import TransientError
+from workers import metrics
+
+log = logging.getLogger("farm.apns")
+
+REFRESH_AGE = 45 * 60.0  # seconds; FARM_APNS_TOKEN_REFRESH overrides
+JITTER = 5 * 60.0  # each process refreshes somewhere in REFRESH_AGE +- JITTER
+MAX_AGE = 55 * 60.0  # Apple refuses tokens older than 60 min; past this nobody uses one
+CHECK_EVERY = 5.0  # seconds a process trusts its in-memory copy before re-reading Redis
+LOCK_TTL = 10.0  # signing takes milliseconds; a crashed signer blocks the others this long
+TTL = 3600  # Redis drops the token when Apple would stop accepting it anyway
+SIGNED = "apns:tokens_signed"  # metrics counter: one per signing, farm-wide
+
+_clock = time.time  # iat and ages are wall-clock seconds (tests move it)
+
+
+@dataclass(frozen=True)
+class ProviderToken:
+    token: str
+    iat: int
+
+    def age(self) -> float:
+        return _clock() - self.iat
+
+
+_cache: dict[tuple[str, str], tuple[ProviderToken, float]] = {}  # key -> (token, checked at)
+_jitter = random.uniform(-JITTER, JITTER)
+
+
+def _reseed() -> None:
+    # A prefork child would otherwise inherit its parent's jitter (and its parent's copy).
+    global _jitter
+    _jitter = random.uniform(-JITTER, JITTER)
+    _cache.clear()
+
+
+os.register_at_fork(after_in_child=_reseed)
+
+
+def refresh_age() -> float:
+    # getattr: FARM_APNS_TOKEN_REFRESH is proposed for config/settings.py, not there yet.
+    return getattr(get_settings(), "apns_token_refresh", REFRESH_AGE) + _jitter
+
+
+def get_token(app: App) -> str:
+    """The current provider token for the app's signing key, re-signed if stale."""
+    key = (app.team_id, app.key_id)
+    hit = _cache.get(key)
+    if hit and time.monotonic() - hit[1] < CHECK_EVERY and hit[0].age() < refresh_age():
+        return hit[0].token
+    try:
+        return _fetch(app, stale=None)
+    except redis.RedisError:
+        # The data Redis blinked: a still-valid copy beats failing every push.
+        if hit and hit[0].age() < MAX_AGE:
+            return hit[0].token
+        raise
+
+
+def resign(app: App, stale_token: str) -> str:
+    """After ExpiredProviderToken: a new token, signed only if Redis still holds the stale one.
+
+    Compare-and-set under the lock, so a thousand streams failing with the same token produce
+    one new token, and a caller late to the party gets the one already signed.
+    """
+    return _fetch(app, stale=stale_token)
+
+
+def _fetch(app: App, stale: str | None) -> str:
+    r, s = data_redis(), get_settings()
+    key = s.key("apns", "token", app.team_id, app.key_id)
+    lock = RunLock(r, f"{key}:lock", LOCK_TTL)
+    deadline = time.monotonic() + LOCK_TTL + 1
+
+    def done(current: ProviderToken | None) -> bool:
+        if current is None:
+            return False
+        return current.token != stale if stale is not None else current.age() < refresh_age()
+
+    while True:
+        current = _read(r, key)
+        if current is not None and done(current):
+            return _remember(app, current)
+        if lock.acquire():
+            try:
+                current = _read(r, key)  # another process may have signed while we asked
+                if current is None or not done(current):
+                    current = _sign(app, r, key)
+                return _remember(app, current)
+            finally:
+                lock.release()
+        # Someone else is signing. A token that Apple still accepts is good enough meanwhile,
+        # unless we were told it is the expired one.
+        if stale is None and current is not None and current.age() < MAX_AGE:
+            return current.token
+        if time.monotonic() > deadline:
+            raise TransientError(f"APNs provider token for {app.team_id}/{app.key_id}: "
+                                 "another process holds the signing lock", retry_after=1)
+        time.sleep(0.02)
+
+
+def _read(r: redis.Redis, key: str) -> ProviderToken | None:
+    stored = r.hgetall(key)
+    if not stored.get("token"):
+        return None
+    return ProviderToken(stored["token"], int(stored["iat"]))
+
+
+def _sign(app: App, r: redis.Redis, key: str) -> ProviderToken:
+    iat = int(_clock())
+    # Apple's documented header is exactly {alg, kid}: typ=None drops PyJWT's default "typ".
+    token = jwt.encode({"iss": app.team_id, "iat": iat}, app.signing_key(), algorithm="ES256",
+                       headers={"kid": app.key_id, "typ": None})
+    pipe = r.pipeline()
+    pipe.hset(key, mapping={"token": token, "iat": iat})
+    pipe.expire(key, TTL)
+    pipe.execute()
+    metrics.incr(r, get_settings(), SIGNED)
+    log.info("apns provider token signed team=%s kid=%s", app.team_id, app.key_id)
+    return ProviderToken(token, iat)
+
+
+def _remember(app: App, current: ProviderToken) -> str:
+    _cache[(app.team_id, app.key_id)] = (current, time.monotonic())
+    return current.token
+
+
+def clear_cache() -> None:
+    _cache.clear()
