@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from itertools import pairwise
 from typing import Any
 
 import redis
@@ -31,11 +30,17 @@ from config.queues import Q
 from config.settings import Settings, get_settings
 from tasks import timing
 from tasks.errors import PermanentError
-from tasks.feed_store import LUA_NEWER, FeedStore, feed_store, lua
+from tasks.feed_store import (
+    LUA_NEWER,
+    MAX_PHOTO_ID,
+    MAX_USER_ID,
+    FeedStore,
+    check_id,
+    feed_store,
+    lua,
+)
 from tasks.ids import id_time_ms
 
-MAX_PHOTO_ID = 2**63 - 1  # signed 64-bit, as the web tier makes them (tasks/ids.py)
-MAX_USER_ID = 2**53 - 1  # user ids are sorted-set scores: doubles are exact only this far
 # A touch recorded after the active pass looked may carry a clock a little behind the one that
 # minted the photo id; anyone seen this close to (or after) the post is also in the inactive pass.
 CLOCK_SKEW_S = 60.0
@@ -140,16 +145,6 @@ return write_feeds(KEYS[4], ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9],
                    function() i = i + 1 return ids[i] end)
 """
 
-# On the data Redis. KEYS: the owner's followers. ARGV: chunk size.
-# Returns the follower count, then each chunk's last follower id but the last chunk's
-# (read in one atomic step, so the boundaries are one consistent snapshot).
-_BOUNDS = """
-local n, step = redis.call('ZCARD', KEYS[1]), tonumber(ARGV[1])
-local out = {n}
-for r = step - 1, n - 2, step do out[#out + 1] = redis.call('ZRANGE', KEYS[1], r, r)[1] end
-return out
-"""
-
 # On the data Redis. KEYS: the photo's tombstone, the owner's posts. ARGV: photo id, cap.
 _OWN_POST = LUA_PLACE + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
@@ -158,12 +153,6 @@ return place(KEYS[2], ARGV[1], tonumber(ARGV[2]), tostring(tonumber(ARGV[2]) - 1
 
 def _run(client: redis.Redis, text: str, keys: list[str], args: list[Any]) -> Any:
     return lua(client, text)(keys=keys, args=args)
-
-
-def _check_id(name: str, value: Any, top: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= top:
-        raise PermanentError(f"{name} must be an integer id between 1 and {top}, got {value!r}")
-    return value
 
 
 def _chunk_name(lo: int, hi: int, active: bool) -> str:
@@ -205,23 +194,15 @@ def _threads(n: int) -> ThreadPoolExecutor:
     return pool
 
 
-def _walk(store: FeedStore, owner_id: int, size: int) -> tuple[int, list[tuple[int, int]]]:
-    n, *bounds = _run(store.graph, _BOUNDS, [store.followers_key(owner_id)], [size])
-    if not n:
-        return 0, []
-    edges = [0, *map(int, bounds), MAX_USER_ID]  # the last chunk is open-ended: late follows
-    return int(n), list(pairwise(edges))
-
-
 def chunk_ranges(store: FeedStore, owner_id: int, size: int) -> list[tuple[int, int]]:
     """The owner's followers as (lo, hi] follower-id ranges of about ``size`` each."""
-    return _walk(store, owner_id, size)[1]
+    return store.follower_chunks(owner_id, size)[1]
 
 
 def fan_out(photo_id: int, owner_id: int) -> dict[str, Any]:
     """Record the post, put it in the owner's own feed, and enqueue the followers' chunks."""
-    _check_id("photo_id", photo_id, MAX_PHOTO_ID)
-    _check_id("owner_id", owner_id, MAX_USER_ID)
+    check_id("photo_id", photo_id, MAX_PHOTO_ID)
+    check_id("owner_id", owner_id, MAX_USER_ID)
     s, store = get_settings(), feed_store()
     summary: dict[str, Any] = {"deleted": False, "followers": 0, "chunks": 0}
     with timing.phase("own"):
@@ -231,7 +212,7 @@ def fan_out(photo_id: int, owner_id: int) -> dict[str, Any]:
             return summary
         _write_feeds(store, s, photo_id, str(owner_id), "own")
     with timing.phase("walk"):
-        n, chunks = _walk(store, owner_id, s.feed_chunk_size)
+        n, chunks = store.follower_chunks(owner_id, s.feed_chunk_size)
     if not chunks:
         return summary
     with timing.phase("enqueue"), app.producer_or_acquire() as producer:
@@ -246,8 +227,8 @@ def fan_out(photo_id: int, owner_id: int) -> dict[str, Any]:
 
 def write_chunk(photo_id: int, owner_id: int, lo: int, hi: int, active: bool) -> int:
     """Write one pass of one chunk; entries written, or -1 when it had run already."""
-    _check_id("photo_id", photo_id, MAX_PHOTO_ID)
-    _check_id("owner_id", owner_id, MAX_USER_ID)
+    check_id("photo_id", photo_id, MAX_PHOTO_ID)
+    check_id("owner_id", owner_id, MAX_USER_ID)
     if (isinstance(lo, bool) or isinstance(hi, bool) or not isinstance(lo, int)
             or not isinstance(hi, int) or not 0 <= lo < hi <= MAX_USER_ID):
         raise PermanentError(f"chunk bounds must be ints with 0 <= lo < hi, got {lo!r}, {hi!r}")

@@ -21,14 +21,35 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable
+from itertools import pairwise
 
 import redis
 from redis.commands.core import Script
 
 from config.redis import data_redis
 from config.settings import Settings, get_settings
+from tasks.errors import PermanentError
 
 _M64 = (1 << 64) - 1
+MAX_USER_ID = 2**53 - 1  # user ids are sorted-set scores: doubles are exact only this far
+MAX_PHOTO_ID = 2**63 - 1  # signed 64-bit, as tasks/ids.py makes them
+
+
+def check_id(name: str, value: object, top: int = MAX_USER_ID) -> int:
+    """A positive integer id up to ``top``; PermanentError otherwise (retrying cannot fix it)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= top:
+        raise PermanentError(f"{name} must be an integer id between 1 and {top}, got {value!r}")
+    return value
+
+
+# On the data Redis. KEYS: the owner's followers. ARGV: chunk size. Returns the follower count,
+# then each chunk's last follower id but the last chunk's (one atomic step: one snapshot).
+_BOUNDS = """
+local n, step = redis.call('ZCARD', KEYS[1]), tonumber(ARGV[1])
+local out = {n}
+for r = step - 1, n - 2, step do out[#out + 1] = redis.call('ZRANGE', KEYS[1], r, r)[1] end
+return out
+"""
 
 # For the Lua scripts: photo ids are 64-bit, beyond Lua's exact doubles (2**53), so they are
 # compared as decimal strings: the longer is larger, and equal lengths compare as text.
@@ -100,6 +121,15 @@ class FeedStore:
 
     def shard_for(self, uid: int) -> redis.Redis:
         return self.shards[self.shard_index(uid)]
+
+    def follower_chunks(self, owner_id: int, size: int) -> tuple[int, list[tuple[int, int]]]:
+        """The follower count, and the followers as (lo, hi] follower-id ranges of about
+        ``size`` each: ids, not ranks, so a follow or unfollow mid-walk shifts nobody into
+        another chunk; the last range is open-ended, for follows that land during the walk."""
+        n, *bounds = lua(self.graph, _BOUNDS)(keys=[self.followers_key(owner_id)], args=[size])
+        if not n:
+            return 0, []
+        return int(n), list(pairwise([0, *map(int, bounds), MAX_USER_ID]))
 
     def by_shard(self, uids: Iterable[int]) -> dict[int, list[int]]:
         """Shard index -> the given users on it, in the order given."""

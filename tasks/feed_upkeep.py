@@ -13,7 +13,6 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Iterator
-from itertools import pairwise
 
 import redis
 
@@ -23,13 +22,18 @@ from config.settings import Settings, get_settings
 from schedules.batch import Progress, Result, no_progress
 from tasks import enqueue
 from tasks.errors import PermanentError
-from tasks.feed_store import LUA_NEWER, FeedStore, feed_store, lua
+from tasks.feed_store import (
+    LUA_NEWER,
+    MAX_PHOTO_ID,
+    FeedStore,
+    check_id,
+    feed_store,
+    lua,
+)
 from tasks.ids import make_id
 
 log = logging.getLogger("farm.feeds")
 
-MAX_USER_ID = 2**53 - 1  # user ids are sorted-set scores (doubles): exact only up to here
-MAX_PHOTO_ID = enqueue.MAX_ID
 EVENT_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")  # it becomes part of a key
 PIPELINE_BATCH = 500  # followees' post lists read per round trip in a rebuild
 SCAN_COUNT = 1000  # keys per SCAN step in the feed-trim job
@@ -143,14 +147,8 @@ return {lists, dropped}
 
 # --- validation ---------------------------------------------------------------------------------
 
-def _id(name: str, value: object, top: int = MAX_USER_ID) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= top:
-        raise PermanentError(f"{name} must be an integer id between 1 and {top}, got {value!r}")
-    return value
-
-
 def _photo(value: object) -> int:
-    return _id("photo_id", value, MAX_PHOTO_ID)
+    return check_id("photo_id", value, MAX_PHOTO_ID)
 
 
 def _newest_first(raw: Iterable[str]) -> list[str]:
@@ -174,8 +172,8 @@ def backfill(follower_id: int, followee_id: int) -> int:
     A no-op unless the follow still stands: an unfollow processed before this (tasks on a queue
     may run out of order) must not be undone by it.
     """
-    _id("follower_id", follower_id)
-    _id("followee_id", followee_id)
+    check_id("follower_id", follower_id)
+    check_id("followee_id", followee_id)
     s = get_settings()
     store = feed_store(s)
     if store.graph.zscore(store.following_key(follower_id), str(followee_id)) is None:
@@ -194,8 +192,8 @@ def remove_followee(follower_id: int, followee_id: int) -> int:
 
     A no-op if the follower follows them again by now (a later follow's backfill may have run).
     """
-    _id("follower_id", follower_id)
-    _id("followee_id", followee_id)
+    check_id("follower_id", follower_id)
+    check_id("followee_id", followee_id)
     s = get_settings()
     store = feed_store(s)
     if store.graph.zscore(store.following_key(follower_id), str(followee_id)) is not None:
@@ -209,21 +207,11 @@ def remove_followee(follower_id: int, followee_id: int) -> int:
 
 # --- deletes ------------------------------------------------------------------------------------
 
-def _chunk_edges(graph: redis.Redis, key: str, size: int, step: int) -> list[int]:
-    """0, the follower ids at ranks step-1, 2*step-1, ... (one MULTI: one snapshot), and the top
-    user id: consecutive edges are (lo, hi] chunks, the last open-ended as fan-out's is."""
-    pipe = graph.pipeline(transaction=True)
-    for rank in range(step - 1, size - 1, step):
-        pipe.zrange(key, rank, rank, withscores=True)
-    inner = sorted({int(row[0][1]) for row in pipe.execute() if row})
-    return [0, *inner, MAX_USER_ID] if size else []
-
-
 def delete_photo(photo_id: int, owner_id: int) -> Result:
     """Tombstone the photo, take it out of the owner's posts and feed, then enqueue one
     feeds.delete_chunk per feed_chunk_size followers (by follower id, as fan-out walks them)."""
     _photo(photo_id)
-    _id("owner_id", owner_id)
+    check_id("owner_id", owner_id)
     s = get_settings()
     store = feed_store(s)
     # First, so a fan-out, backfill or rebuild that writes from now on skips the photo: each
@@ -234,27 +222,24 @@ def delete_photo(photo_id: int, owner_id: int) -> Result:
     own = store.shard_for(owner_id)
     lua(own, _DELETE)(keys=[store.feed_key(owner_id)], args=[photo_id])
 
-    key = store.followers_key(owner_id)
-    size = int(store.graph.zcard(key))
-    edges = _chunk_edges(store.graph, key, size, s.feed_chunk_size)
+    size, chunks = store.follower_chunks(owner_id, s.feed_chunk_size)
     name = "feeds.delete_chunk"
     with app.producer_or_acquire() as producer:
-        for lo, hi in pairwise(edges):
+        for lo, hi in chunks:
             app.send_task(name, producer=producer, queue=queue_for(name), kwargs={
                 "photo_id": photo_id, "owner_id": owner_id, "lo": lo, "hi": hi})
-    chunks = max(len(edges) - 1, 0)
-    log.info("photo=%d deleted followers=%d chunks=%d", photo_id, size, chunks)
-    return {"photo_id": photo_id, "followers": size, "chunks": chunks}
+    log.info("photo=%d deleted followers=%d chunks=%d", photo_id, size, len(chunks))
+    return {"photo_id": photo_id, "followers": size, "chunks": len(chunks)}
 
 
 def delete_chunk(photo_id: int, owner_id: int, lo: int, hi: int) -> int:
     """Remove the photo from the feeds of the owner's followers with ids in (lo, hi]: one script
     per feed shard. Returns how many entries went."""
     _photo(photo_id)
-    _id("owner_id", owner_id)
+    check_id("owner_id", owner_id)
     if isinstance(lo, bool) or not isinstance(lo, int) or lo < 0:
         raise PermanentError(f"lo must be a non-negative integer, got {lo!r}")
-    _id("hi", hi)
+    check_id("hi", hi)
     s = get_settings()
     store = feed_store(s)
     members = store.graph.zrangebyscore(store.followers_key(owner_id), f"({lo}", hi)
@@ -280,7 +265,7 @@ def _recent_posts(store: FeedStore, uids: list[int], n: int) -> Iterator[str]:
 def rebuild_feed(user_id: int) -> int:
     """Rebuild the user's feed from the newest posts of everyone they follow (and their own);
     returns its new length. Posts a fan-out writes while this runs are kept."""
-    _id("user_id", user_id)
+    check_id("user_id", user_id)
     s = get_settings()
     store = feed_store(s)
     shard, feed = store.shard_for(user_id), store.feed_key(user_id)
@@ -312,8 +297,8 @@ def add_activity(user_id: int, kind: str, actor_id: int, event_id: str,
         enqueue.validate_activity(user_id, kind, actor_id, photo_id)
     except ValueError as exc:
         raise PermanentError(str(exc)) from None
-    _id("user_id", user_id)
-    _id("actor_id", actor_id)
+    check_id("user_id", user_id)
+    check_id("actor_id", actor_id)
     if not isinstance(event_id, str) or not EVENT_ID.fullmatch(event_id):
         raise PermanentError(f"event_id must be 1-64 letters, digits, '-' or '_', "
                              f"got {event_id!r}")

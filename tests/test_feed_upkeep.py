@@ -18,7 +18,7 @@ from schedules.batch import JOBS, run_job
 from tasks import enqueue, fanout
 from tasks import feed_upkeep as up
 from tasks.errors import PermanentError
-from tasks.feed_store import FeedStore, feed_store
+from tasks.feed_store import MAX_USER_ID, FeedStore, feed_store
 from tasks.ids import make_id
 
 DAY_MS = 86_400_000
@@ -169,7 +169,7 @@ def test_delete_chunks_cover_every_follower_on_every_shard(
     messages = queued(broker, "feeds_batch")
     assert {m["task"] for m in messages} == {"feeds.delete_chunk"}
     edges = sorted((m["kwargs"]["lo"], m["kwargs"]["hi"]) for m in messages)
-    assert edges == [(0, 102), (102, 105), (105, 108), (108, up.MAX_USER_ID)]
+    assert edges == [(0, 102), (102, 105), (105, 108), (108, MAX_USER_ID)]
     assert store.graph.lrange(store.posts_key(owner), 0, -1) == [str(other)]
     assert feed(store, owner) == [other, pid(60)]
     removed = [up.delete_chunk(**m["kwargs"]) for m in messages]
@@ -211,7 +211,7 @@ def test_delete_and_rebuild_on_a_real_batch_worker_and_fan_out_cannot_bring_it_b
              what="7 followers in chunks of 2: 4 delete_chunk tasks")
     # A fan-out of the deleted photo, late or replayed, writes nothing anywhere.
     assert fanout.fan_out(photo, owner)["deleted"] is True
-    assert fanout.write_chunk(photo, owner, 0, up.MAX_USER_ID, False) == 0
+    assert fanout.write_chunk(photo, owner, 0, MAX_USER_ID, False) == 0
     assert up.backfill(followers[1], owner) == 0
     assert feed(store, owner) == [other, pid(60)]
 
