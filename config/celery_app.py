@@ -47,6 +47,9 @@ def celery_config(s: Settings) -> dict[str, Any]:
             "visibility_timeout": s.visibility_timeout,
             "unacked_restore_interval": s.restore_interval,
             "unacked_restore_throttle": 1,
+            # The sweep holds a Redis lock for milliseconds; kombu lets it live 300 s, so a worker
+            # killed mid-sweep would stall every redelivery for five minutes.
+            "unacked_mutex_expire": max(5, 2 * s.restore_interval),
         },
         "result_backend_transport_options": {"visibility_timeout": s.visibility_timeout},
         "task_time_limit": s.task_time_limit,

@@ -61,6 +61,34 @@ def test_sigkilled_worker_task_is_redelivered_and_completes(
     assert len(finished(data, "survivor")) == 1  # ran to completion exactly once
 
 
+def sweep_lock_expiry(broker: redis.Redis, seconds: float = 4.0) -> float:
+    """The expiry (s) a live worker gives the restore sweep's lock, read off the wire."""
+    with broker.monitor() as m:
+        deadline = time.monotonic() + seconds
+        for event in m.listen():
+            cmd = [word.strip('"').upper() for word in event["command"].split()]
+            if cmd[:2] == ["SET", "UNACKED_MUTEX"] and "PX" in cmd:
+                return int(cmd[cmd.index("PX") + 1]) / 1000
+            if time.monotonic() > deadline:
+                raise AssertionError("no restore sweep seen")
+    raise AssertionError("monitor ended")
+
+
+def test_a_worker_killed_holding_the_sweep_lock_stalls_redelivery_only_briefly(
+        data: redis.Redis, broker: redis.Redis, workers: WorkerFactory) -> None:
+    first = workers("batch", env=FAST_REDELIVERY, node="doomed")
+    expiry = sweep_lock_expiry(broker)
+    assert expiry <= 5, "kombu's 300 s default would stall redelivery for five minutes"
+    task_id = app.send_task("diag.sleep", args=[1.0, "after-stale-lock"]).id
+    wait_for(lambda: data.exists(f"farm:deliveries:{task_id}:0"), what="the task to start")
+    first.kill()
+    # What the dead worker would leave had it died mid-sweep: the lock, held for its expiry.
+    broker.set("unacked_mutex", "dead-sweeper", px=int(expiry * 1000))
+    workers("batch", env=FAST_REDELIVERY, node="rescuer")
+    wait_for(lambda: finished(data, "after-stale-lock"), timeout=30, what="redelivery")
+    assert data.get(f"farm:deliveries:{task_id}:0") == "2"
+
+
 def test_sigterm_is_a_warm_shutdown(data: redis.Redis, workers: WorkerFactory) -> None:
     w = workers("batch")
     task_id = app.send_task("diag.sleep", args=[1.5, "warm"]).id
