@@ -30,7 +30,6 @@ import ssl
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,10 +40,8 @@ import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from hpack import HPACKDecodingError
-from hpack.huffman_table import decode_huffman
-from hpack.table import HeaderTable
 
+from tasks.apns import hpack_codec
 from workers.embedded_redis import free_port
 
 # Apple's limits, with where they come from.
@@ -191,6 +188,7 @@ class ApnsStandin:
             self._requests: list[Request] = []
             self._jwts: dict[str, None] = {}  # ordered set
             self.connections_made = 0  # TLS connections that settled on h2
+            self.goaways_received = 0  # clients that said GOAWAY rather than just hang up
 
     def register(self, key_id: str, team_id: str, public_key: ec.EllipticCurvePublicKey,
                  topics: set[str] | frozenset[str]) -> None:
@@ -467,23 +465,12 @@ def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes
             + stream_id.to_bytes(4, "big") + payload)
 
 
-def _hpack_string(data: bytes) -> bytes:
-    """An HPACK string literal, not Huffman-coded (7-bit prefix length)."""
-    n = len(data)
-    if n < 127:
-        return bytes((n,)) + data
-    out, n = bytearray((127,)), n - 127
-    while n >= 128:
-        out.append(n & 127 | 128)
-        n >>= 7
-    return bytes(out) + bytes((n,)) + data
-
-
 def _response_block(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
     """Response headers, each a literal that is never added to the client's dynamic table."""
     index = STATIC_STATUS.get(status)
-    block = [bytes((0x80 | index,)) if index else b"\x08" + _hpack_string(str(status).encode())]
-    block += [b"\x00" + _hpack_string(name) + _hpack_string(value) for name, value in headers]
+    string = hpack_codec.string
+    block = [bytes((0x80 | index,)) if index else b"\x08" + string(str(status).encode())]
+    block += [b"\x00" + string(name) + string(value) for name, value in headers]
     return b"".join(block)
 
 
@@ -493,93 +480,19 @@ class H2Error(Exception):
         self.code = code
 
 
-STATIC_TABLE = [(n.decode(), v.decode()) for n, v in HeaderTable.STATIC_TABLE]
-HEADER_TABLE_SIZE = 4096  # SETTINGS_HEADER_TABLE_SIZE, left at its default
-
-
-class HpackDecoder:
-    """HPACK decoding (RFC 7541), lean: hpack's Decoder costs twice this whole server's budget.
-    Huffman-coded strings are remembered, since every request repeats the same provider token.
-    Strings are octets (latin-1) inside, so table sizes count bytes; values come out as UTF-8."""
-
-    def __init__(self) -> None:
-        self.table: deque[tuple[str, str]] = deque()  # newest first
-        self.size, self.max_size = 0, HEADER_TABLE_SIZE
-        self.huffman: dict[bytes, str] = {}
+class HpackDecoder(hpack_codec.Decoder):
+    """The farm's lean HPACK decoder (the hpack package's Decoder costs twice this whole server's
+    budget), checked against the hpack package's own encoder in test_http2_conformance.py; here a
+    bad block is a connection error, and values come out as UTF-8."""
 
     def decode(self, data: bytes) -> list[tuple[str, str]]:
-        headers: list[tuple[str, str]] = []
-        pos = 0
         try:
-            while pos < len(data):
-                byte = data[pos]
-                if byte & 0x80:  # indexed field
-                    index, pos = self._integer(data, pos, 7)
-                    headers.append(self._entry(index))
-                    continue
-                if byte & 0xE0 == 0x20:  # dynamic table size update
-                    self.max_size, pos = self._integer(data, pos, 5)
-                    if self.max_size > HEADER_TABLE_SIZE:
-                        raise ValueError("table size over SETTINGS_HEADER_TABLE_SIZE")
-                    self._evict(0)
-                    continue
-                index, pos = self._integer(data, pos, 6 if byte & 0x40 else 4)
-                if index:
-                    name = self._entry(index)[0]
-                else:
-                    name, pos = self._string(data, pos)
-                value, pos = self._string(data, pos)
-                headers.append((name, value))
-                if byte & 0x40:  # literal with incremental indexing
-                    self._evict(32 + len(name) + len(value))
-                    self.table.appendleft((name, value))
-                    self.size += 32 + len(name) + len(value)
-        except (IndexError, ValueError, HPACKDecodingError) as exc:
+            headers = super().decode(data)
+        except hpack_codec.HpackError as exc:
             raise H2Error(COMPRESSION_ERROR) from exc
         return [(name, value if value.isascii() else
                  value.encode("latin-1").decode("utf-8", "surrogateescape"))
                 for name, value in headers]
-
-    def _entry(self, index: int) -> tuple[str, str]:
-        if 0 < index <= len(STATIC_TABLE):
-            return STATIC_TABLE[index - 1]
-        if index <= 0:
-            raise IndexError(index)
-        return self.table[index - len(STATIC_TABLE) - 1]
-
-    def _evict(self, room: int) -> None:
-        while self.table and self.size + room > self.max_size:
-            name, value = self.table.pop()
-            self.size -= 32 + len(name) + len(value)
-
-    @staticmethod
-    def _integer(data: bytes, pos: int, bits: int) -> tuple[int, int]:
-        mask = (1 << bits) - 1
-        value, pos = data[pos] & mask, pos + 1
-        if value < mask:
-            return value, pos
-        shift = 0
-        while True:
-            byte, pos = data[pos], pos + 1
-            value += (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                return value, pos
-
-    def _string(self, data: bytes, pos: int) -> tuple[str, int]:
-        huffman = data[pos] & 0x80
-        length, pos = self._integer(data, pos, 7)
-        raw, end = data[pos:pos + length], pos + length
-        if end > len(data):
-            raise IndexError(end)
-        if not huffman:
-            return raw.decode("latin-1"), end
-        text = self.huffman.get(raw)
-        if text is None:
-            text = decode_huffman(raw).decode("latin-1")
-            if len(self.huffman) < 4096:
-                self.huffman[raw] = text
-        return text, end
 
 
 @dataclass
@@ -714,6 +627,8 @@ class _Connection(asyncio.Protocol):
             self.pending.pop(stream_id, None)
         elif kind == GOAWAY:
             assert self.transport is not None
+            with self.standin._lock:
+                self.standin.goaways_received += 1
             self.transport.close()
         elif kind == PUSH_PROMISE:
             raise H2Error(PROTOCOL_ERROR)
