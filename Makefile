@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.enqueue
 	$(BIN)/python -m bench.resize
 	$(BIN)/python -m bench.fanout
+	$(BIN)/python -m bench.push
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

@@ -6,7 +6,8 @@ import argparse
 import runpy
 import sys
 
-BENCHMARKS = {"enqueue": "bench.enqueue", "resize": "bench.resize", "fanout": "bench.fanout"}
+BENCHMARKS = {"enqueue": "bench.enqueue", "resize": "bench.resize", "fanout": "bench.fanout",
+              "push": "bench.push"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
