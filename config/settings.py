@@ -102,6 +102,10 @@ class Settings:
     # Age at which the farm's shared provider token is re-signed (each process +-5 min); Apple
     # refuses tokens older than an hour and throttles re-signing more often than every 20 min.
     apns_token_refresh: int = 2700
+    # ExpiredProviderToken re-signs at once, unless the token is younger than this: then the
+    # host's clock is off, a new token would fare no better, and signing again would earn
+    # TooManyProviderTokenUpdates. 0 (tests) re-signs whatever the age.
+    apns_min_resign_age: int = 1200
 
     extra_imports: tuple[str, ...] = ()  # further task modules, comma separated
 
@@ -161,6 +165,8 @@ def _validate(s: Settings) -> None:
     _check(s.apns_timeout > 0, "apns_timeout", "must be positive")
     _check(1500 <= s.apns_token_refresh <= 3000, "apns_token_refresh",
            "must be between 1500 and 3000 seconds (Apple: re-sign every 20-60 minutes)")
+    _check(0 <= s.apns_min_resign_age <= 1200, "apns_min_resign_age",
+           "must be between 0 and 1200 seconds (Apple: re-sign at most every 20 minutes)")
     for url in s.feed_shards:
         _check(urlsplit(url).scheme in ("redis", "rediss", "unix"), "feed_shards",
                f"must be comma-separated redis:// URLs, got {url!r}")

@@ -6,7 +6,8 @@ Apple's reasons decide each device's fate (DESIGN, "Push"):
 - 410 Unregistered (when Apple's timestamp is newer than the registration), BadDeviceToken,
   DeviceTokenNotForTopic: the token is removed from the registry;
 - 429, 5xx, no answer: retried with backoff, only those devices (the markers skip the rest);
-- ExpiredProviderToken: the farm's token is re-signed once and those devices sent again;
+- ExpiredProviderToken: the farm's token is re-signed once and those devices sent again; still
+  expired, or the token too young to re-sign (FARM_APNS_MIN_RESIGN_AGE), they are retried later;
 - anything else (PayloadTooLarge, TopicDisallowed, ...): a permanent failure, dead-lettered.
 """
 
@@ -40,6 +41,7 @@ class Outcome:
     failed: Counter[str] = field(default_factory=Counter)  # reason -> devices
     retry: list[str] = field(default_factory=list)  # reasons of the devices to retry
     retry_after: float | None = None
+    note: str = ""  # why some retries cannot be helped now (a token too young to re-sign)
 
 
 def notify(user_ids: list[int], alert: str | None, notification_id: str, *,
@@ -75,13 +77,15 @@ def notify(user_ids: list[int], alert: str | None, notification_id: str, *,
         requests = [PushRequest(d.token, payload, kind, priority, expiration, collapse_id)
                     for d in group]
         with timing.phase("send"):
-            results = _send_with_fresh_token(app, requests)
+            results = _send_with_fresh_token(app, requests, out)
         _apply(out, registry, r, s.key("push", "sent", notification_id), app_id, group, results,
                s.marker_ttl)
     _count(out)
     if out.retry:
         raise TransientError(f"{len(out.retry)} device(s) to retry: "
-                             f"{_summary(Counter(out.retry))}", retry_after=out.retry_after)
+                             f"{_summary(Counter(out.retry))}"
+                             + (f" ({out.note})" if out.note else ""),
+                             retry_after=out.retry_after)
     if out.failed:
         raise PermanentError(f"{sum(out.failed.values())} device(s) failed: "
                              f"{_summary(out.failed)}")
@@ -96,9 +100,10 @@ def _unsent(r: Any, marker_prefix: str, devices: list[Device]) -> tuple[list[Dev
     return todo, len(devices) - len(todo)
 
 
-def _send_with_fresh_token(app: Any, requests: list[Any]) -> list[Any]:
+def _send_with_fresh_token(app: Any, requests: list[Any], out: Outcome) -> list[Any]:
     """Send; devices refused with ExpiredProviderToken go again, once, with a re-signed token
-    (re-signed once farm-wide, however many workers saw the expiry)."""
+    (re-signed once farm-wide, however many workers saw the expiry). If the token is too young
+    to re-sign, those devices keep their answer and are retried later."""
     from tasks.apns import client
     from tasks.apns.token import get_token, resign
 
@@ -106,7 +111,12 @@ def _send_with_fresh_token(app: Any, requests: list[Any]) -> list[Any]:
     results = client.send_many(app, requests, token=token)
     expired = [i for i, res in enumerate(results) if res.reason == "ExpiredProviderToken"]
     if expired:
-        fresh = resign(app, token)
+        try:
+            fresh = resign(app, token)
+        except TransientError as exc:
+            out.retry_after = max(out.retry_after or 0.0, exc.retry_after or 0.0) or None
+            out.note = str(exc)
+            return results
         again = client.send_many(app, [requests[i] for i in expired], token=fresh)
         for i, res in zip(expired, again, strict=True):
             results[i] = res
@@ -125,7 +135,7 @@ def _apply(out: Outcome, registry: DeviceRegistry, r: Any, marker_prefix: str, a
             out.pruned += registry.prune(app_id, device.token, invalid_since=since)
         elif res.reason in PRUNE_REASONS:
             out.pruned += registry.prune(app_id, device.token)
-        elif res.status in RETRY_STATUSES:
+        elif res.status in RETRY_STATUSES or res.reason == "ExpiredProviderToken":
             out.retry.append(res.reason or res.error or f"HTTP {res.status}")
             if res.retry_after:
                 out.retry_after = max(out.retry_after or 0.0, res.retry_after)

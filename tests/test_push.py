@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -112,6 +113,32 @@ def test_an_expired_provider_token_is_re_signed_once_and_the_push_goes_through(
     assert len(apns_clean.deliveries(tok(1))) == 2 and len(apns_clean.deliveries(tok(2))) == 1
 
 
+def test_expiry_of_a_token_too_young_to_re_sign_is_retried_later_not_re_signed(
+        push_env: dict, apns_clean: ApnsStandin, apns_key: ApnsKey, data: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.apns import token
+    from tasks.errors import TransientError
+    from tasks.push_send import notify
+
+    monkeypatch.setenv("FARM_APNS_MIN_RESIGN_AGE", "1200")  # the production default
+    get_settings.cache_clear()
+    for n in (1, 2):
+        registry(data).register(n, apns_key.topic, tok(n))
+    assert notify([1], "first", "n1").sent == 1
+    apns_clean.expire_seen_tokens()  # seconds after signing: this host's clock must be off
+    with pytest.raises(TransientError, match="clock skew") as raised:
+        notify([1, 2], "second", "n2")
+    assert 1100 < (raised.value.retry_after or 0) <= 1200
+    assert len(apns_clean.jwts_seen()) == 1  # not re-signed into Apple's throttle
+    assert counters(data)["push.failed.ExpiredProviderToken"] == "2"
+    # Twenty minutes on, the retry re-signs and delivers to both.
+    key = get_settings().key("apns", "token", apns_key.team_id, apns_key.key_id)
+    data.hset(key, "iat", int(time.time()) - 21 * 60)
+    token.clear_cache()
+    out = notify([1, 2], "second", "n2")
+    assert (out.sent, out.skipped) == (2, 0) and len(apns_clean.jwts_seen()) == 2
+
+
 def test_a_redelivered_notification_is_not_pushed_twice(
         push_env: dict, apns_clean: ApnsStandin, apns_key: ApnsKey, data: redis.Redis) -> None:
     from tasks.push_send import notify
@@ -134,3 +161,15 @@ def test_stand_in_down_retries_then_dead_letters(
                          timeout=40, what="dead letter")
     assert entry.reason == "exhausted" and entry.attempts == 4
     assert entry.error.startswith("TransientError: 1 device(s) to retry")
+
+
+def test_a_worker_shutting_down_says_goaway_to_apns(
+        push_env: dict, apns_clean: ApnsStandin, apns_key: ApnsKey, data: redis.Redis,
+        workers: WorkerFactory) -> None:
+    registry(data).register(1, apns_key.topic, tok(1))
+    worker = workers("io", env=push_env, concurrency=2)
+    enqueue.notify_users([1], "bye")
+    wait_for(lambda: apns_clean.deliveries(tok(1)), what="the delivery")
+    assert apns_clean.goaways_received == 0
+    assert worker.terminate(timeout=20) == 0
+    assert apns_clean.goaways_received == 1

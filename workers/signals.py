@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
-from celery.signals import worker_process_init, worker_ready, worker_shutting_down
+from celery.signals import (
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from config import redis as farm_redis
 
@@ -28,3 +35,16 @@ def _ready(sender: Any = None, **_: Any) -> None:
 @worker_shutting_down.connect
 def _shutting_down(sig: str = "", how: str = "", **_: Any) -> None:
     log.info("farm worker shutting down: %s (%s shutdown), running tasks finish first", sig, how)
+
+
+@worker_shutdown.connect  # the main process: thread pools run their tasks here
+@worker_process_shutdown.connect  # a prefork child
+def _close_connections(**_: Any) -> None:
+    # Say GOAWAY to APNs rather than vanish: Apple may treat abrupt disconnects as abuse.
+    # Only if this process ever pushed: no import (and no event loop) for nothing.
+    client = sys.modules.get("tasks.apns.client")
+    if client is not None:
+        try:
+            client.close()
+        except Exception:  # shutting down regardless; say so, do not mask the exit
+            log.warning("closing the APNs connection failed", exc_info=True)

@@ -91,6 +91,17 @@ def resign(app: App, stale_token: str) -> str:
     return _fetch(app, stale=stale_token)
 
 
+def _check_resign_age(app: App, current: ProviderToken) -> None:
+    floor = get_settings().apns_min_resign_age
+    if current.age() < floor:
+        log.warning("APNs answered ExpiredProviderToken for %s/%s's token signed %.0fs ago: not "
+                    "re-signing before %ds (check this host's clock)", app.team_id, app.key_id,
+                    current.age(), floor)
+        raise TransientError(f"ExpiredProviderToken for a token signed {current.age():.0f}s ago; "
+                             f"not re-signed before {floor}s (clock skew?)",
+                             retry_after=floor - current.age())
+
+
 def _fetch(app: App, stale: str | None) -> str:
     r, s = data_redis(), get_settings()
     key = s.key("apns", "token", app.team_id, app.key_id)
@@ -110,6 +121,8 @@ def _fetch(app: App, stale: str | None) -> str:
             try:
                 current = _read(r, key)  # another process may have signed while we asked
                 if current is None or not done(current):
+                    if stale is not None and current is not None:
+                        _check_resign_age(app, current)
                     current = _sign(app, r, key)
                 return _remember(app, current)
             finally:
