@@ -87,7 +87,7 @@ class Settings:
     # Feeds: capped Redis lists of photo ids, newest first, sharded over FARM_FEED_SHARDS.
     feed_shards: tuple[str, ...] = ()  # Redis URLs; empty: the data Redis alone
     feed_cap: int = 1000
-    feed_chunk_size: int = 1000  # followers per fan-out chunk task
+    feed_chunk_size: int = 5000  # followers per fan-out chunk task
     feed_active_days: float = 7.0  # followers seen this recently get the post first
     feed_backfill: int = 100  # a followee's newest posts merged into a new follower's feed
     posts_cap: int = 1000  # a user's own posts kept for backfills and rebuilds

@@ -3,11 +3,11 @@
 ``fan_out`` cuts the owner's followers into chunks by follower id (not rank, so a follow or an
 unfollow during a fan-out shifts nobody into another chunk) and enqueues each chunk twice: the
 active followers' pass on ``feeds``, all of them first, then the rest on ``feeds_batch``.
-``write_chunk`` is one Lua call on the data Redis (which followers, is the photo deleted) and one
-Lua call per feed shard that has followers in the chunk (both in one call when the feeds live on
-the data Redis itself): insert in sorted place, trim only when over the cap, and set the chunk's
-done-marker in the same atomic step, so a chunk run twice (redelivery, replay) writes nothing the
-second time. Before any of that, the post goes into the
+``write_chunk`` is one Lua call on the data Redis (which followers, is the photo deleted) and,
+per feed shard with followers in the chunk, one pipeline of write scripts of at most WRITE_SLICE
+followers each: insert in sorted place, trim only when over the cap, and with the last slice set
+the chunk's done-marker in the same atomic step, so a chunk run twice (redelivery, replay) writes
+nothing the second time. Before any of that, the post goes into the
 owner's posts list (for backfills and rebuilds) and their own feed; a tombstoned photo goes nowhere.
 
 "Active" is judged against the photo's own time (from its id), not the clock when a chunk runs,
@@ -80,15 +80,26 @@ local function place(key, id, cap, last)
 end
 """
 
-# write_feeds(marker, id, cap, ttl, prefix, each): `id` into the feed of every user id the
-# iterator `each` yields, then the chunk's marker, in one atomic step. Returns -1 when the marker
-# was there already (the chunk ran here before), else how many feeds took the photo.
+# write_feeds(marker, id, cap, ttl, prefix, each, finish): `id` into the feed of every user id
+# the iterator `each` yields, then (when `finish`: the chunk's last slice) the chunk's marker, in
+# one atomic step. Returns -1 when the marker was there already (the chunk ran here before), else
+# how many feeds took the photo.
 _LUA_WRITE = LUA_PLACE + """
-local function write_feeds(marker, id, cap, ttl, prefix, each)
+local function write_feeds(marker, id, cap, ttl, prefix, each, finish)
   if call('EXISTS', marker) == 1 then return -1 end
-  local last, written = tostring(cap - 1), 0
-  for uid in each do written = written + place(prefix .. uid, id, cap, last) end
-  call('SET', marker, written, 'EX', ttl)
+  local last, written, n = tostring(cap - 1), 0, #id
+  for uid in each do
+    local key = prefix .. uid
+    local head = call('LINDEX', key, '0')
+    -- place()'s usual case inlined (newest on top): this loop is the fan-out's whole cost
+    if not head or #head < n or (#head == n and head < id) then
+      if call('LPUSH', key, id) > cap then call('LTRIM', key, '0', last) end
+      written = written + 1
+    elseif head ~= id then
+      written = written + place(key, id, cap, last)
+    end
+  end
+  if finish then call('SET', marker, written, 'EX', ttl) end
   return written
 end
 """
@@ -117,12 +128,12 @@ end
 
 # On a feed shard. KEYS: the chunk's marker here, the photo's tombstone here.
 # ARGV: photo id, cap, marker TTL, feed key prefix, follower ids joined by commas (one argument:
-# a thousand separate ones cost the client more to encode than the script takes to run).
-# Returns -2 when the photo is deleted, else write_feeds'.
+# a thousand separate ones cost the client more to encode than the script takes to run), and
+# 1 on the chunk's last slice. Returns -2 when the photo is deleted, else write_feeds'.
 _SHARD_WRITE = _LUA_WRITE + """
 if call('EXISTS', KEYS[2]) == 1 then return -2 end
 return write_feeds(KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4],
-                   string.gmatch(ARGV[5], '%d+'))
+                   string.gmatch(ARGV[5], '%d+'), ARGV[6] == '1')
 """
 
 # On the data Redis. KEYS: the owner's followers, last_active, the photo's tombstone.
@@ -134,22 +145,17 @@ return table.concat(followers(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[
                               tonumber(ARGV[4]), ARGV[5] == '1'), ',')
 """
 
-# When the feeds live on the data Redis itself (no FARM_FEED_SHARDS), select and write are one
-# script: one round trip per chunk. KEYS: _SELECT's, then the chunk's marker. ARGV: _SELECT's,
-# then the photo id, cap, marker TTL, feed key prefix. Returns as _SHARD_WRITE does.
-_LOCAL_CHUNK = _LUA_SELECT + _LUA_WRITE + """
-if call('EXISTS', KEYS[3]) == 1 then return -2 end
-local ids, i = followers(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]),
-                         tonumber(ARGV[4]), ARGV[5] == '1'), 0
-return write_feeds(KEYS[4], ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9],
-                   function() i = i + 1 return ids[i] end)
-"""
-
 # On the data Redis. KEYS: the photo's tombstone, the owner's posts. ARGV: photo id, cap.
 _OWN_POST = LUA_PLACE + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 return place(KEYS[2], ARGV[1], tonumber(ARGV[2]), tostring(tonumber(ARGV[2]) - 1))
 """
+
+# Followers per write script. A chunk task covers FARM_FEED_CHUNK_SIZE followers (thousands:
+# fewer, bigger tasks cost the farm less) but a script blocks its server while it runs, so each
+# shard gets the chunk in slices of this many, pipelined: one round trip, and feed reads on the
+# shard wait at most one slice (~2-3 ms).
+WRITE_SLICE = 1000
 
 def _run(client: redis.Redis, text: str, keys: list[str], args: list[Any]) -> Any:
     return lua(client, text)(keys=keys, args=args)
@@ -160,27 +166,36 @@ def _chunk_name(lo: int, hi: int, active: bool) -> str:
 
 
 def _write_feeds(store: FeedStore, s: Settings, photo_id: int, ids: str, chunk: str) -> int:
-    """One script call per shard with followers in ``ids`` (comma-joined), the shards' calls
-    in flight together; -1 if every shard had done this chunk already."""
+    """Write to every follower in ``ids`` (comma-joined): per shard with followers in it, the
+    slices in one pipeline, the shards' pipelines in flight together. -1 if every shard had done
+    this chunk already. Only the last slice sets a shard's marker: a rerun after a crash between
+    slices redoes them, and place() never writes an id a feed already holds."""
     if not ids:
         return 0
     if len(store.shards) == 1:
-        groups = {0: ids}
+        groups = {0: ids.split(",")}
     else:
-        groups = {i: ",".join(map(str, members))
+        groups = {i: list(map(str, members))
                   for i, members in store.by_shard(map(int, ids.split(","))).items()}
     keys = [store.marker_key(photo_id, chunk), store.tombstone_key(photo_id)]
     head = [photo_id, s.feed_cap, s.marker_ttl, f"{s.key_prefix}:feed:"]
 
-    def write(item: tuple[int, str]) -> int:
-        return int(_run(store.shards[item[0]], _SHARD_WRITE, keys, [*head, item[1]]))
+    def write(item: tuple[int, list[str]]) -> list[int]:
+        shard, uids = store.shards[item[0]], item[1]
+        script, pipe = lua(shard, _SHARD_WRITE), shard.pipeline(transaction=False)
+        for start in range(0, len(uids), WRITE_SLICE):
+            last = start + WRITE_SLICE >= len(uids)
+            script(keys=keys, args=[*head, ",".join(uids[start:start + WRITE_SLICE]), int(last)],
+                   client=pipe)
+        return [int(r) for r in pipe.execute()]
 
-    # Each shard's script runs on its own server: waiting on them one by one would add up.
+    # Each shard's scripts run on its own server: waiting on them one by one would add up.
     results = [write(g) for g in groups.items()] if len(groups) == 1 else list(
         _threads(len(store.shards)).map(write, groups.items()))
-    if all(r == -1 for r in results):
+    flat = [r for shard in results for r in shard]
+    if all(r == -1 for r in flat):
         return -1
-    return sum(r for r in results if r > 0)
+    return sum(r for r in flat if r > 0)
 
 
 _pools: dict[int, ThreadPoolExecutor] = {}
@@ -215,7 +230,9 @@ def fan_out(photo_id: int, owner_id: int) -> dict[str, Any]:
         n, chunks = store.follower_chunks(owner_id, s.feed_chunk_size)
     if not chunks:
         return summary
-    with timing.phase("enqueue"), app.producer_or_acquire() as producer:
+    # One pipelined round trip per 1000 publishes (kombu's publish batch): a publish each would
+    # cost a millisecond apiece here, seconds for a big account.
+    with timing.phase("enqueue"), app.producer_or_acquire() as producer, producer.batch():
         for active, queue in ((True, Q.FEEDS), (False, Q.FEEDS_BATCH)):  # all active first
             for lo, hi in chunks:
                 app.send_task("feeds.fanout_chunk", producer=producer, queue=str(queue), kwargs={
@@ -243,11 +260,6 @@ def write_chunk(photo_id: int, owner_id: int, lo: int, hi: int, active: bool) ->
     keys = [store.followers_key(owner_id), store.last_active, store.tombstone_key(photo_id)]
     args: list[Any] = [lo, hi, repr(cutoff), repr(posted - CLOCK_SKEW_S), int(active)]
     chunk = _chunk_name(lo, hi, active)
-    if len(store.shards) == 1 and store.shards[0] is store.graph:
-        with timing.phase("write"):
-            done = _run(store.graph, _LOCAL_CHUNK, [*keys, store.marker_key(photo_id, chunk)],
-                        [*args, photo_id, s.feed_cap, s.marker_ttl, f"{s.key_prefix}:feed:"])
-        return 0 if done == -2 else int(done)
     with timing.phase("select"):
         uids = _run(store.graph, _SELECT, keys, args)
     if uids == -1:
