@@ -107,7 +107,8 @@ class Http2Connection(asyncio.Protocol):
         self.buffer = bytearray()
         self.out: list[bytes] = []
         self.streams: dict[int, _Stream] = {}
-        self.waiting: deque[tuple[bytes, bytes, float, asyncio.Future[Outcome]]] = deque()
+        # Requests waiting for a stream: (block, body, timeout, future, give up at).
+        self.waiting: deque[tuple[bytes, bytes, float, asyncio.Future[Outcome], float]] = deque()
         self.blocked: deque[_Stream] = deque()  # streams with body bytes awaiting window
         self.next_id = 1
         self.max_streams = min(INITIAL_MAX_STREAMS, stream_cap)
@@ -115,6 +116,7 @@ class Http2Connection(asyncio.Protocol):
         self.initial_window = DEFAULT_WINDOW
         self.max_frame = DEFAULT_FRAME
         self.table_size_update: bytes = b""  # to open the next header block, when due
+        self.table_size = hpack_codec.DEFAULT_TABLE_SIZE  # what our encoder last said it uses
         self.unacknowledged = 0  # DATA bytes received since our last connection WINDOW_UPDATE
         self.continuing: tuple[int, int, bytearray] | None = None  # a block awaiting CONTINUATION
         self.settled: asyncio.Future[None] = loop.create_future()  # the server's first SETTINGS
@@ -131,11 +133,22 @@ class Http2Connection(asyncio.Protocol):
         """Connect, negotiate h2 by ALPN, exchange SETTINGS. Raises OSError/ssl.SSLError/
         TimeoutError/ConnectionError; the caller turns them into results."""
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(timeout):
-            _, conn = await loop.create_connection(lambda: cls(loop, stream_cap), host, port,
-                                                   ssl=context, server_hostname=host)
-            await conn.settled
-        return conn
+        made: list[Http2Connection] = []
+
+        def protocol() -> Http2Connection:
+            made.append(cls(loop, stream_cap))
+            return made[-1]
+
+        try:
+            async with asyncio.timeout(timeout):
+                await loop.create_connection(protocol, host, port, ssl=context,
+                                             server_hostname=host)
+                await made[0].settled
+        except BaseException:
+            for conn in made:  # connected, then timed out or cancelled: do not leak it
+                conn.abort("open failed")
+            raise
+        return made[0]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -190,7 +203,8 @@ class Http2Connection(asyncio.Protocol):
         elif len(self.streams) < self.max_streams and not self.waiting:
             self._start(block, body, timeout, future)
         else:
-            self.waiting.append((block, body, timeout, future))
+            self.waiting.append((block, body, timeout, future, self.loop.time() + timeout))
+            self._arm()
         return future
 
     def flush(self) -> None:
@@ -221,6 +235,9 @@ class Http2Connection(asyncio.Protocol):
                                       stream_id, chunk))
         if body and (self.blocked or not self._send_body(stream)):
             self.blocked.append(stream)
+        self._arm()
+
+    def _arm(self) -> None:
         if self.sweeper is None:
             self.sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
@@ -245,7 +262,7 @@ class Http2Connection(asyncio.Protocol):
 
     def _start_waiting(self) -> None:
         while self.waiting and len(self.streams) < self.max_streams and not self.draining:
-            block, body, timeout, future = self.waiting.popleft()
+            block, body, timeout, future, _ = self.waiting.popleft()
             if not future.done():
                 self._start(block, body, timeout, future)
 
@@ -287,8 +304,13 @@ class Http2Connection(asyncio.Protocol):
                 self._finish(stream.id, Failure(error, timeout=True))
             self.abort(error)
             return
-        if self.streams:
-            self.sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+        if self.waiting and self.waiting[0][4] <= now:
+            # No stream came free in time (the server's limit stayed at 0, or every stream is
+            # stuck): the queue is not sent into that either.
+            self._fail_waiting(f"not sent: no stream free in {self.waiting[0][2]:g}s",
+                               timeout=True)
+        if self.streams or self.waiting:
+            self._arm()
 
     def _settle(self, error: BaseException | None = None) -> None:
         if not self.settled.done():
@@ -323,6 +345,8 @@ class Http2Connection(asyncio.Protocol):
             return
         view.release()
         del self.buffer[:pos]
+        if self.blocked:  # a finished stream may have been holding the queue of bodies
+            self._unblock()
         if self.unacknowledged > RECEIVE_WINDOW // 2:
             self.out.append(frame(WINDOW_UPDATE, 0, 0, self.unacknowledged.to_bytes(4, "big")))
             self.unacknowledged = 0
@@ -408,6 +432,9 @@ class Http2Connection(asyncio.Protocol):
             self._complete(stream)
 
     def _complete(self, stream: _Stream) -> None:
+        if stream.body:  # answered before we finished sending: close our half (RFC 9113 8.1)
+            self.out.append(frame(RST_STREAM, 0, stream.id, NO_ERROR.to_bytes(4, "big")))
+            stream.body = b""
         self._finish(stream.id, Response(stream.status, stream.headers, bytes(stream.received)))
 
     def _settings(self, payload: bytes) -> None:
@@ -429,9 +456,12 @@ class Http2Connection(asyncio.Protocol):
                     raise ProtocolViolation(PROTOCOL_ERROR, "bad SETTINGS_MAX_FRAME_SIZE")
                 self.max_frame = value
             elif key == SETTINGS_HEADER_TABLE_SIZE:
-                # We index nothing, but must still say the size we use (RFC 7541 4.2).
-                self.table_size_update = hpack_codec.integer(
-                    min(value, hpack_codec.DEFAULT_TABLE_SIZE), 5, 0x20)
+                # We index nothing, but must still say the size we use when it changes
+                # (RFC 7541 4.2).
+                size = min(value, hpack_codec.DEFAULT_TABLE_SIZE)
+                if size != self.table_size:
+                    self.table_size = size
+                    self.table_size_update = hpack_codec.integer(size, 5, 0x20)
         self.out.append(frame(SETTINGS, ACK, 0))
         self._unblock()
         self._settle()
