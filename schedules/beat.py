@@ -1,4 +1,5 @@
-"""The beat schedule, in one place: one entry per batch job in schedules/batch.py.
+"""The beat schedule, in one place: one entry per periodic batch job in schedules/batch.py (jobs
+with no period are on demand only: `farm batch NAME`).
 
 Each entry names its queue explicitly and expires after about its period (sentry's habit): a run
 still queued when the next one is due is worth nothing, so it is dropped instead of piling up
@@ -7,6 +8,7 @@ behind a stalled worker. Overlap of runs that do start is the lock's job (schedu
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from config.queues import queue_for
@@ -17,15 +19,16 @@ from schedules.batch import JOBS, BatchJob
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     """Celery's ``beat_schedule``: entry name (the job's operator name) -> entry."""
     del settings  # the schedule is the same in every environment today
-    return {job.name: _entry(job) for job in JOBS.values()}
+    return {job.name: _entry(job, job.period) for job in JOBS.values()
+            if job.period is not None}
 
 
-def _entry(job: BatchJob) -> dict[str, Any]:
+def _entry(job: BatchJob, period: timedelta) -> dict[str, Any]:
     return {
         "task": job.task,
-        "schedule": job.period,
+        "schedule": period,
         "options": {
             "queue": str(queue_for(job.task)),
-            "expires": int(job.period.total_seconds()),
+            "expires": int(period.total_seconds()),
         },
     }

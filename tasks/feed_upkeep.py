@@ -12,7 +12,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import redis
 
@@ -285,6 +285,26 @@ def rebuild_feed(user_id: int) -> int:
     return int(lua(shard, _REBUILD)(
         keys=[feed], args=[s.feed_cap, floor, store.tombstone_key(""), len(before), *before,
                            *live]))
+
+
+def rebuild_feeds(client: redis.Redis, s: Settings, progress: Progress = no_progress,
+                  users: Sequence[int] = ()) -> Result:
+    """The feed-rebuild batch job (on demand: `farm batch feed-rebuild USER_ID ...`): rebuild_feed
+    for each user in turn, after checking every id first, so a bad one means nothing is done."""
+    del client, s  # feeds live on the shards, which feed_store knows; rebuild_feed reads settings
+    uids = [check_id("user_id", uid) for uid in users]
+    if not uids:
+        raise PermanentError("feed-rebuild needs at least one user id")
+    out = {"rebuilt": 0, "entries": 0}
+    progress("users", 0, len(uids))
+    for uid in uids:
+        length = rebuild_feed(uid)
+        log.info("feed-rebuild user=%d entries=%d", uid, length)
+        out["rebuilt"] += 1
+        out["entries"] += length
+        progress("users", out["rebuilt"], len(uids))
+    log.info("feed-rebuild %s", " ".join(f"{k}={v}" for k, v in out.items()))
+    return out
 
 
 # --- activity -----------------------------------------------------------------------------------

@@ -201,3 +201,9 @@ def sweep_task() -> Result:
 @farm_task("batch.feed_trim", max_retries=0)
 def feed_trim_task() -> Result:
     return run_job("feed-trim", data_redis(), get_settings())
+
+
+@farm_task("batch.feed_rebuild", max_retries=0, permanent=(ValueError,))
+def feed_rebuild_task(user_ids: list[int]) -> Result:
+    """On demand only (beat never sends it): the same run as `farm batch feed-rebuild ID ...`."""
+    return run_job("feed-rebuild", data_redis(), get_settings(), users=user_ids)

@@ -1,4 +1,5 @@
-"""The batch jobs' plain functions, `farm batch`, and batch.sweep on a real worker."""
+"""The batch jobs' plain functions, `farm batch` (feed-rebuild against real feed shards), and
+batch.sweep on a real worker."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from conftest import WorkerFactory, wait_for
 
 from config.celery_app import app
 from config.settings import get_settings, replace
-from schedules.batch import get_job, lock_key
+from schedules.batch import get_job, lock_key, run_job
 from schedules.lock import RunLock
 from tasks.deadletter import DeadLetter, DeadLetterStore
+from tasks.feed_store import MAX_USER_ID, FeedStore, feed_store
+from tasks.ids import make_id
 from tasks.maintenance import deadletter_report, sweep, ttl_rules
 from workers.cli import main
 
@@ -142,12 +145,13 @@ def test_cli_list_and_unknown_names(capsys: pytest.CaptureFixture[str]) -> None:
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[:3] for line in lines] == [
         ["deadletter-report", "every", "1h"], ["sweep", "every", "15m"],
-        ["feed-trim", "every", "1d"]]
+        ["feed-trim", "every", "1d"], ["feed-rebuild", "on", "demand"]]
+    assert lines[3].split()[3] == "batch.feed_rebuild"
 
     assert main(["batch", "nope"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err == ["farm batch: unknown batch job 'nope'; "
-                   "known: deadletter-report, sweep, feed-trim"]
+                   "known: deadletter-report, sweep, feed-trim, feed-rebuild"]
 
     assert main(["batch"]) == 2
     assert "--list" in capsys.readouterr().err
@@ -177,6 +181,155 @@ def test_cli_skips_while_another_run_holds_the_lock(
 
     assert main(["batch", "sweep", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["status"] == "skipped"
+
+
+def test_cli_help_lists_every_job_and_how_often(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["batch", "--help"])
+    out = capsys.readouterr().out
+    assert "[NAME] [USER_ID ...]" in out
+    jobs = out.split("jobs:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert [line.split()[:3] for line in jobs] == [
+        ["deadletter-report", "every", "1h"], ["sweep", "every", "15m"],
+        ["feed-trim", "every", "1d"], ["feed-rebuild", "on", "demand"]]
+
+
+# --- farm batch feed-rebuild (on demand, per user) ------------------------------------------
+
+NOW_MS = int(time.time() * 1000)
+A, B = 101, 102  # two readers, on different feed shards
+FOLLOWEES = (201, 202, 203)
+STRANGER = 204  # followed by neither
+
+
+def pid(minutes_ago: int) -> int:
+    """A photo id made that long ago (ids sort by time); all older than a rebuild's margin."""
+    return make_id(NOW_MS - minutes_ago * 60_000, 0, 0)
+
+
+def feed(store: FeedStore, uid: int) -> list[str]:
+    return store.shard_for(uid).lrange(store.feed_key(uid), 0, -1)
+
+
+@pytest.fixture
+def graph(sharded: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> FeedStore:
+    """Feeds over three shards, cap 5, rebuilds from each followee's 3 newest posts. A follows
+    201 and 202, B follows 202 and 203; one of 202's posts is deleted. Returns the store."""
+    monkeypatch.setenv("FARM_FEED_CAP", "5")
+    monkeypatch.setenv("FARM_FEED_BACKFILL", "3")
+    get_settings.cache_clear()
+    store = feed_store()
+    assert store.shard_index(A) != store.shard_index(B)
+    store.follow(A, 201)
+    store.follow(A, 202)
+    store.follow(B, 202)
+    store.follow(B, 203)
+    posts = {201: [10, 40, 70, 100], 202: [20, 50, 80], 203: [30, 60], A: [25], STRANGER: [5]}
+    for uid, minutes in posts.items():
+        store.graph.rpush(store.posts_key(uid), *(pid(m) for m in minutes))  # newest first
+    for client in [store.graph, *store.shards]:  # as delete_photo tombstones it everywhere
+        client.set(store.tombstone_key(pid(50)), "1")
+    return store
+
+
+# A: 201's newest three (10, 40, 70; 100 is past the backfill), 202's live ones (20, 80), its own
+# 25: newest first, capped at 5. B: 202's (20, 80) and 203's (30, 60), under the cap.
+EXPECTED = {A: [str(pid(m)) for m in (10, 20, 25, 40, 70)],
+            B: [str(pid(m)) for m in (20, 30, 60, 80)]}
+
+
+def corrupt(store: FeedStore) -> None:
+    """A's feed: a stranger's post, one past the backfill, a duplicate, a deleted photo, junk,
+    out of order. B's feed: gone."""
+    a = store.shard_for(A)
+    a.delete(store.feed_key(A))
+    a.rpush(store.feed_key(A), pid(100), pid(5), pid(40), pid(40), pid(50), "junk")
+    store.shard_for(B).delete(store.feed_key(B))
+
+
+def test_cli_feed_rebuild_restores_the_exact_feeds_and_is_idempotent(
+        graph: FeedStore, data: redis.Redis, capsys: pytest.CaptureFixture[str]) -> None:
+    corrupt(graph)
+
+    assert main(["batch", "feed-rebuild", str(B), str(A)]) == 0
+
+    assert capsys.readouterr().out.splitlines() == [
+        "feed-rebuild: users 2/2", "feed-rebuild: done", "  rebuilt: 2", "  entries: 9"]
+    assert {A: feed(graph, A), B: feed(graph, B)} == EXPECTED
+    assert len(feed(graph, A)) == get_settings().feed_cap
+    assert not data.keys("*lock*")
+
+    assert main(["batch", "feed-rebuild", str(A), str(B), str(A), "--json"]) == 0  # again
+    out = capsys.readouterr()
+    assert json.loads(out.out) == {
+        "job": "feed-rebuild", "status": "done", "rebuilt": 2, "entries": 9}
+    assert out.err.splitlines() == ["feed-rebuild: users 2/2"]  # stdout is the JSON alone
+    assert {A: feed(graph, A), B: feed(graph, B)} == EXPECTED
+    assert not graph.shard_for(STRANGER).exists(graph.feed_key(STRANGER))
+
+
+def test_feed_rebuild_reports_progress_per_user(graph: FeedStore, data: redis.Redis) -> None:
+    calls: list[tuple[str, int, int | None]] = []
+    result = run_job("feed-rebuild", data, get_settings(), lambda *c: calls.append(c), [B, A])
+    assert result == {"job": "feed-rebuild", "status": "done", "rebuilt": 2, "entries": 9}
+    assert calls == [("users", 0, 2), ("users", 1, 2), ("users", 2, 2)]
+    assert {A: feed(graph, A), B: feed(graph, B)} == EXPECTED
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    ([], "farm batch: feed-rebuild needs at least one user id "
+         "(farm batch feed-rebuild USER_ID [USER_ID ...])"),
+    ([str(A), "abc"], "farm batch: user ids must be integers, got 'abc'"),
+    ([str(A), "0"], "farm batch: user_id must be an integer id between 1 and "
+                    f"{MAX_USER_ID}, got 0"),
+    ([str(A), "-5"], f"farm batch: user_id must be an integer id between 1 and {MAX_USER_ID}, "
+                     "got -5"),
+    ([str(MAX_USER_ID + 1)], "farm batch: user_id must be an integer id between 1 and "
+                             f"{MAX_USER_ID}, got {MAX_USER_ID + 1}"),
+])
+def test_cli_feed_rebuild_refuses_bad_ids_and_does_nothing(
+        graph: FeedStore, data: redis.Redis, capsys: pytest.CaptureFixture[str],
+        argv: list[str], message: str) -> None:
+    corrupt(graph)
+    before = feed(graph, A)
+
+    assert main(["batch", "feed-rebuild", *argv]) == 2
+
+    out = capsys.readouterr()
+    assert (out.out, out.err.splitlines()) == ("", [message])
+    assert feed(graph, A) == before  # A's id was fine: still nothing is done
+    assert not graph.shard_for(B).exists(graph.feed_key(B))
+    assert not data.keys("*lock*")
+
+
+def test_cli_user_ids_given_to_a_job_that_takes_none(
+        data: redis.Redis, capsys: pytest.CaptureFixture[str]) -> None:
+    data.set(get_settings().key("deliveries", "t", 0), 1)
+    assert main(["batch", "sweep", "12"]) == 2
+    assert capsys.readouterr().err.splitlines() == ["farm batch: sweep takes no user ids"]
+    assert data.ttl(get_settings().key("deliveries", "t", 0)) == -1  # the sweep did not run
+    assert not data.keys("*lock*")
+
+
+def test_feed_rebuild_locks_per_set_of_users(
+        graph: FeedStore, data: redis.Redis, capsys: pytest.CaptureFixture[str]) -> None:
+    s, job = get_settings(), get_job("feed-rebuild")
+    corrupt(graph)
+    stale = feed(graph, A)
+    holder = RunLock(data, lock_key(s, job, [A]), 60)  # a rebuild of A running elsewhere
+    assert holder.acquire()
+
+    assert main(["batch", "feed-rebuild", str(A)]) == 0
+    assert capsys.readouterr().out.splitlines() == ["feed-rebuild: skipped: already running"]
+    assert feed(graph, A) == stale
+
+    assert main(["batch", "feed-rebuild", str(B)]) == 0  # another user: not blocked
+    assert "feed-rebuild: done" in capsys.readouterr().out.splitlines()
+    assert feed(graph, B) == EXPECTED[B]
+    assert data.get(holder.key) == holder.token  # the other run's lock is left alone
+    assert holder.release()
+    assert main(["batch", "feed-rebuild", str(A)]) == 0
+    assert feed(graph, A) == EXPECTED[A]
 
 
 def _farm(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:

@@ -31,11 +31,12 @@ def _old_dead_letter(data: redis.Redis) -> DeadLetterStore:
 
 # --- beat -----------------------------------------------------------------------------------
 
-def test_every_job_has_a_beat_entry_on_its_routed_queue_expiring_within_its_period() -> None:
+def test_every_periodic_job_has_a_beat_entry_on_its_routed_queue_expiring_in_its_period() -> None:
     schedule = beat_schedule(get_settings())
-    assert set(schedule) == set(JOBS)
+    assert set(schedule) == {name for name, job in JOBS.items() if job.period is not None}
     for name, entry in schedule.items():
         job = JOBS[name]
+        assert job.period is not None
         assert entry["task"] == job.task
         assert entry["task"] in ROUTES, f"{name}: task {entry['task']} has no route"
         assert entry["options"]["queue"] in QUEUES
@@ -46,12 +47,25 @@ def test_every_job_has_a_beat_entry_on_its_routed_queue_expiring_within_its_peri
         assert 0 < entry["options"]["expires"] <= period
 
 
+def test_on_demand_jobs_have_no_beat_entry_but_a_routed_task() -> None:
+    on_demand = [job for job in JOBS.values() if job.period is None]
+    assert [job.name for job in on_demand] == ["feed-rebuild"]
+    schedule = beat_schedule(get_settings())
+    for job in on_demand:
+        assert job.name not in schedule
+        assert job.task not in {entry["task"] for entry in schedule.values()}
+        assert ROUTES[job.task] == "maintenance"
+    assert get_job("feed-rebuild").takes_users
+    assert not any(job.takes_users for job in JOBS.values() if job.period is not None)
+
+
 def test_the_app_carries_the_schedule_and_registers_every_jobs_task() -> None:
     assert app.conf.beat_schedule == beat_schedule(get_settings())
     for job in JOBS.values():
         assert job.task in app.tasks
         assert callable(job.load())
     assert tasks.maintenance.sweep_task.name == "batch.sweep"
+    assert tasks.maintenance.feed_rebuild_task.name == "batch.feed_rebuild"
 
 
 def test_beat_publishes_an_entry_to_its_queue_with_an_expiry(
@@ -77,7 +91,36 @@ def test_unknown_job_names_the_known_ones() -> None:
         get_job("nope")
 
 
+def test_user_ids_only_for_jobs_that_take_them_refused_before_the_lock(
+        data: redis.Redis) -> None:
+    s = get_settings()
+    with pytest.raises(ValueError, match="sweep takes no user ids"):
+        run_job("sweep", data, s, users=[1])
+    with pytest.raises(ValueError, match="feed-rebuild needs at least one user id"):
+        run_job("feed-rebuild", data, s)
+    for bad in (0, -1, 2**53, True, "7"):
+        with pytest.raises(ValueError, match="user_id must be an integer id between 1 and"):
+            run_job("feed-rebuild", data, s, users=[5, bad])  # type: ignore[list-item]
+    assert not data.keys("*")  # no lock taken, nothing written
+    assert get_job("feed-rebuild").check_users([9, 3, 9]) == [3, 9]
+
+
 # --- the lock -------------------------------------------------------------------------------
+
+def test_lock_keys_periodic_per_job_and_on_demand_per_set_of_users() -> None:
+    s = get_settings()
+    assert lock_key(s, get_job("sweep")) == "farm:lock:batch:sweep"  # unchanged
+    assert lock_key(s, get_job("feed-trim")) == "farm:lock:batch:feed-trim"
+    rebuild = get_job("feed-rebuild")
+    assert lock_key(s, rebuild, [34, 12, 34]) == "farm:lock:batch:feed-rebuild:12,34"
+    assert lock_key(s, rebuild, [12, 34]) == lock_key(s, rebuild, [34, 12])
+    assert lock_key(s, rebuild, [12]) != lock_key(s, rebuild, [34])
+    many = list(range(1, 5000))
+    key = lock_key(s, rebuild, many)
+    assert key.startswith("farm:lock:batch:feed-rebuild:sha256-") and len(key) < 120
+    assert key == lock_key(s, rebuild, many[::-1])
+    assert key != lock_key(s, rebuild, many[:-1])
+
 
 def test_a_second_acquire_fails_while_the_lock_is_held(data: redis.Redis) -> None:
     first, second = RunLock(data, "farm:lock:t", 60), RunLock(data, "farm:lock:t", 60)

@@ -1,6 +1,8 @@
-"""`farm batch NAME | --list`: run one batch job in-process, for system cron or an operator.
+"""`farm batch NAME [USER_ID ...] | --list`: run one batch job in-process, for system cron or an
+operator.
 
 It takes the same lock as the job's beat task, so a by-hand run and a scheduled run never overlap.
+Jobs with no period are on demand only; a job that takes users (feed-rebuild) needs their ids.
 A progress bar goes to stderr when stdout is a terminal; otherwise one plain line per step.
 """
 
@@ -15,25 +17,30 @@ from typing import Any, TextIO
 
 import redis
 
-from schedules.batch import JOBS, get_job, run_job
+from schedules.batch import JOBS, BatchJob, get_job, run_job
 from schedules.lock import LockLost
 
 EPILOG = """exit status:
   0  the job ran, or was skipped because another run of it holds its lock
      (prints "NAME: skipped: already running"; the lock makes overlap a normal event)
   1  the job failed: Redis unreachable, or its lock expired under it
-  2  unknown job or bad usage"""
+  2  unknown job or bad usage: user ids missing, given to a job that takes none,
+     or refused (not ids between 1 and 2**53-1); nothing is done"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("batch", help="run a batch job now (as beat would), or list them",
                        description="Run a batch job in-process, under the lock its beat task "
                        "takes.\n\njobs:\n" + "\n".join(
-                           f"  {j.name:<18} every {every(j.period):<4} {j.description}"
+                           f"  {j.name:<18} {when(j):<10} {j.description}"
                            for j in JOBS.values()),
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", nargs="?", metavar="NAME", help=f"one of {', '.join(JOBS)}")
-    p.add_argument("--list", action="store_true", help="list the jobs with their periods")
+    p.add_argument("users", nargs="*", metavar="USER_ID",
+                   help="user ids, for the jobs that take them ("
+                   f"{', '.join(j.name for j in JOBS.values() if j.takes_users)})")
+    p.add_argument("--list", action="store_true",
+                   help="list the jobs with their periods (or \"on demand\")")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(handler=run)
 
@@ -44,6 +51,11 @@ def every(period: timedelta) -> str:
         if secs % size == 0:
             return f"{secs // size}{unit}"
     return f"{secs}s"
+
+
+def when(job: BatchJob) -> str:
+    """``every 1h``, or ``on demand`` for a job beat never runs."""
+    return "on demand" if job.period is None else f"every {every(job.period)}"
 
 
 class BarProgress:
@@ -124,8 +136,7 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         width = max(map(len, JOBS))
         for job in JOBS.values():
-            print(f"{job.name:<{width}}  every {every(job.period):<4} {job.task:<24} "
-                  f"{job.description}")
+            print(f"{job.name:<{width}}  {when(job):<10} {job.task:<24} {job.description}")
         return 0
     if not args.name:
         print(f"farm batch: name a job ({', '.join(JOBS)}) or pass --list", file=sys.stderr)
@@ -135,14 +146,28 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"farm batch: {exc}", file=sys.stderr)
         return 2
+    users: list[int] = []
+    for raw in args.users:
+        try:
+            users.append(int(raw))
+        except ValueError:
+            print(f"farm batch: user ids must be integers, got {raw!r}", file=sys.stderr)
+            return 2
+    try:
+        job.check_users(users)
+    except ValueError as exc:
+        usage = f" (farm batch {job.name} USER_ID [USER_ID ...])" if not users else ""
+        print(f"farm batch: {exc}{usage}", file=sys.stderr)
+        return 2
 
     from config.redis import data_redis
     from config.settings import get_settings
 
+    # With --json, stdout carries the one JSON object alone: plain progress lines go to stderr.
     progress = (BarProgress(job.name, sys.stderr) if sys.stdout.isatty()
-                else LineProgress(job.name, sys.stdout))
+                else LineProgress(job.name, sys.stderr if args.json else sys.stdout))
     try:
-        result = run_job(job.name, data_redis(), get_settings(), progress)
+        result = run_job(job.name, data_redis(), get_settings(), progress, users)
     except (redis.RedisError, LockLost) as exc:
         progress.close()
         print(f"farm batch: {job.name} failed: {exc}", file=sys.stderr)
