@@ -166,43 +166,58 @@ def _live(store: FeedStore, s: Settings, ids: list[str]) -> list[str]:
 
 # --- follow, unfollow -------------------------------------------------------------------------
 
-def backfill(follower_id: int, followee_id: int) -> int:
+def backfill(follower_id: int, followee_id: int, *, recheck: bool = True) -> int:
     """Merge the followee's newest posts into the follower's feed; returns how many were added.
 
     A no-op unless the follow still stands: an unfollow processed before this (tasks on a queue
-    may run out of order) must not be undone by it.
+    may run out of order) must not be undone by it. An unfollow landing while this runs is
+    caught by looking again after the write (the web tier changes the graph before it enqueues
+    user_unfollowed, so a removal that ran before the write sees the graph changed too).
     """
     check_id("follower_id", follower_id)
     check_id("followee_id", followee_id)
     s = get_settings()
     store = feed_store(s)
-    if store.graph.zscore(store.following_key(follower_id), str(followee_id)) is None:
+    if not _follows(store, follower_id, followee_id):
         return 0
     posts = _newest_first(store.graph.lrange(store.posts_key(followee_id), 0,
                                              s.feed_backfill - 1))
     if not posts:
         return 0
     shard = store.shard_for(follower_id)
-    return int(lua(shard, BACKFILL_LUA)(keys=[store.feed_key(follower_id)],
-                                         args=[s.feed_cap, store.tombstone_key(""), *posts]))
+    added = int(lua(shard, BACKFILL_LUA)(keys=[store.feed_key(follower_id)],
+                                          args=[s.feed_cap, store.tombstone_key(""), *posts]))
+    if recheck and not _follows(store, follower_id, followee_id):
+        remove_followee(follower_id, followee_id, recheck=False)
+        return 0
+    return added
 
 
-def remove_followee(follower_id: int, followee_id: int) -> int:
+def remove_followee(follower_id: int, followee_id: int, *, recheck: bool = True) -> int:
     """Take the followee's posts out of the follower's feed; returns how many were removed.
 
-    A no-op if the follower follows them again by now (a later follow's backfill may have run).
+    A no-op if the follower follows them again by now (a later follow's backfill may have run);
+    a follow landing while this runs is caught by looking again after the removal.
     """
     check_id("follower_id", follower_id)
     check_id("followee_id", followee_id)
     s = get_settings()
     store = feed_store(s)
-    if store.graph.zscore(store.following_key(follower_id), str(followee_id)) is not None:
+    if _follows(store, follower_id, followee_id):
         return 0
     posts = _newest_first(store.graph.lrange(store.posts_key(followee_id), 0, s.posts_cap - 1))
     if not posts:
         return 0
     shard = store.shard_for(follower_id)
-    return int(lua(shard, _REMOVE)(keys=[store.feed_key(follower_id)], args=posts))
+    removed = int(lua(shard, _REMOVE)(keys=[store.feed_key(follower_id)], args=posts))
+    if recheck and _follows(store, follower_id, followee_id):
+        backfill(follower_id, followee_id, recheck=False)
+        return 0
+    return removed
+
+
+def _follows(store: FeedStore, follower_id: int, followee_id: int) -> bool:
+    return store.graph.zscore(store.following_key(follower_id), str(followee_id)) is not None
 
 
 # --- deletes ------------------------------------------------------------------------------------

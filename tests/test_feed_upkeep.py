@@ -123,6 +123,64 @@ def test_backfill_racing_fan_out_leaves_no_duplicate(store: FeedStore) -> None:
     assert feed(store, follower) == [new, mid, old]
 
 
+# --- follow and unfollow landing while the other runs ----------------------------------------
+# The web tier changes the graph, then enqueues the job; each job looks at the graph again after
+# its write, so neither order of two racing jobs leaves the feed wrong.
+
+def test_an_unfollow_landing_mid_chunk_leaves_no_post_behind(
+        store: FeedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    owner, p = 51, pid(1)
+    for uid in (61, 62, 63):
+        store.follow(uid, owner)
+    write = fanout._write_feeds
+
+    def unfollow_then_write(*args: Any, **kwargs: Any) -> int:
+        # 62 unfollows after the chunk's select, and that removal ran before the chunk's write.
+        store.unfollow(62, owner)
+        up.remove_followee(62, owner)
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(fanout, "_write_feeds", unfollow_then_write)
+    assert fanout.write_chunk(p, owner, 60, 70, False) == 2
+    assert [feed(store, u) for u in (61, 62, 63)] == [[p], [], [p]]
+
+
+def test_an_unfollow_landing_mid_backfill_leaves_no_post_behind(
+        store: FeedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    follower, followee, posts = 71, 72, [pid(3), pid(2)]
+    store.follow(follower, followee)
+    set_posts(store, followee, posts)
+    newest_first = up._newest_first
+
+    def unfollow_meanwhile(raw: Any) -> list[str]:
+        store.unfollow(follower, followee)  # after backfill's check; its removal runs first
+        monkeypatch.setattr(up, "_newest_first", newest_first)
+        up.remove_followee(follower, followee)
+        return newest_first(raw)
+
+    monkeypatch.setattr(up, "_newest_first", unfollow_meanwhile)
+    assert up.backfill(follower, followee) == 0
+    assert feed(store, follower) == []
+
+
+def test_a_follow_landing_mid_unfollow_keeps_the_posts(
+        store: FeedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    follower, followee, posts = 81, 82, [pid(3), pid(2)]
+    set_posts(store, followee, posts)
+    set_feed(store, follower, posts)
+    newest_first = up._newest_first
+
+    def follow_meanwhile(raw: Any) -> list[str]:
+        store.follow(follower, followee)  # after the removal's check; its backfill runs first
+        monkeypatch.setattr(up, "_newest_first", newest_first)
+        up.backfill(follower, followee)
+        return newest_first(raw)
+
+    monkeypatch.setattr(up, "_newest_first", follow_meanwhile)
+    assert up.remove_followee(follower, followee) == 0
+    assert feed(store, follower) == sorted(posts, reverse=True)
+
+
 # --- unfollow -----------------------------------------------------------------------------------
 
 def test_unfollow_removes_only_the_followees_posts(store: FeedStore) -> None:
