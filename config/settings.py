@@ -92,7 +92,9 @@ class Settings:
     feed_backfill: int = 100  # a followee's newest posts merged into a new follower's feed
     posts_cap: int = 1000  # a user's own posts kept for backfills and rebuilds
     activity_cap: int = 200
-    marker_ttl: int = 7 * 86400  # how long a fan-out chunk's done-marker guards a rerun
+    # How long a fan-out chunk's done-marker and a deleted photo's tombstone guard a rerun:
+    # longer than a dead letter can be replayed, so no message that can still run outlives them.
+    marker_ttl: int = 15 * 86400
 
     # APNs: apps as "bundle_id|key_id|team_id|key_path[|environment]" entries (comma separated)
     # or the path of a JSON list; environment: production (default), sandbox or an https:// URL.
@@ -153,6 +155,9 @@ def _validate(s: Settings) -> None:
         _check(getattr(s, name) > 0, name, f"must be positive, got {getattr(s, name)}")
     for name in ("retry_max", "cpu_concurrency", "task_soft_time_limit"):
         _check(getattr(s, name) >= 0, name, f"must not be negative, got {getattr(s, name)}")
+    _check(s.marker_ttl > s.deadletter_retention_days * 86400, "marker_ttl",
+           f"must exceed FARM_DEADLETTER_RETENTION_DAYS ({s.deadletter_retention_days} days): a "
+           "replayed dead letter must still find its markers and tombstones")
     _check(s.retry_base_delay > 0, "retry_base_delay", "must be positive")
     _check(s.retry_max_delay >= s.retry_base_delay, "retry_max_delay",
            "must be at least FARM_RETRY_BASE_DELAY")

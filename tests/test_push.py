@@ -173,3 +173,14 @@ def test_a_worker_shutting_down_says_goaway_to_apns(
     assert apns_clean.goaways_received == 0
     assert worker.terminate(timeout=20) == 0
     assert apns_clean.goaways_received == 1
+
+
+def test_a_payload_over_4096_bytes_is_refused_before_anything_is_sent(
+        push_env: dict, apns_clean: ApnsStandin, apns_key: ApnsKey, data: redis.Redis) -> None:
+    from tasks.push_payload import PayloadTooLarge
+    from tasks.push_send import notify
+
+    registry(data).register(1, apns_key.topic, tok(1))
+    with pytest.raises(PayloadTooLarge, match="over APNs' 4096-byte limit"):
+        notify([1], "hello", "n-big", data={"blob": "x" * 4100})
+    assert apns_clean.received() == [] and not counters(data).get("push.sent")

@@ -42,6 +42,8 @@ def test_values_are_typed() -> None:
     ({"FARM_VISIBILITY_TIMEOUT": "600"}, "FARM_VISIBILITY_TIMEOUT: must exceed"),
     ({"FARM_TASK_SOFT_TIME_LIMIT": "400"}, "FARM_TASK_SOFT_TIME_LIMIT: must be below"),
     ({"FARM_BROKR_URL": "redis://x"}, "FARM_BROKR_URL: unknown setting"),
+    ({"FARM_MARKER_TTL": "604800"}, "FARM_MARKER_TTL: must exceed FARM_DEADLETTER_RETENTION_DAYS"),
+    ({"FARM_APNS_MIN_RESIGN_AGE": "3600"}, "FARM_APNS_MIN_RESIGN_AGE: must be between 0 and 1200"),
     ({"FARM_FLOWER_PASSWORD_FILE": "/nonexistent/pw"}, "FARM_FLOWER_PASSWORD_FILE: cannot read"),
 ])
 def test_wrong_values_name_the_variable(env: dict[str, str], message: str) -> None:
