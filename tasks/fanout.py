@@ -136,13 +136,15 @@ return write_feeds(KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4],
                    string.gmatch(ARGV[5], '%d+'), ARGV[6] == '1')
 """
 
-# On the data Redis. KEYS: the owner's followers, last_active, the photo's tombstone.
-# ARGV: lo, hi, active cutoff, seen-recently cutoff, pass (1|0).
-# Returns -1 when the photo is deleted, else the pass's follower ids joined by commas.
+# On the data Redis. KEYS: the owner's followers, last_active, the photo's tombstone, the
+# owner's unfollow count. ARGV: lo, hi, active cutoff, seen-recently cutoff, pass (1|0).
+# Returns -1 when the photo is deleted, else {the pass's follower ids joined by commas, the
+# unfollow count as it stood}.
 _SELECT = _LUA_SELECT + """
 if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
-return table.concat(followers(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]),
-                              tonumber(ARGV[4]), ARGV[5] == '1'), ',')
+return {table.concat(followers(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]),
+                               tonumber(ARGV[4]), ARGV[5] == '1'), ','),
+        redis.call('GET', KEYS[4]) or '0'}
 """
 
 # On the data Redis. KEYS: the owner's followers. ARGV: follower ids joined by commas.
@@ -276,22 +278,23 @@ def write_chunk(photo_id: int, owner_id: int, lo: int, hi: int, active: bool) ->
     args: list[Any] = [lo, hi, repr(cutoff), repr(posted - CLOCK_SKEW_S), int(active)]
     chunk = _chunk_name(lo, hi, active)
     with timing.phase("select"):
-        uids = _run(store.graph, _SELECT, keys, args)
-    if uids == -1:
+        selected = _run(store.graph, _SELECT, [*keys, store.unfollows_key(owner_id)], args)
+    if selected == -1:
         return 0
+    uids, unfollows = selected
     with timing.phase("write"):
         written = _write_feeds(store, s, photo_id, uids, chunk)
-    with timing.phase("recheck"):
-        return written - _take_back(store, photo_id, owner_id, uids)
+    if uids and (store.graph.get(store.unfollows_key(owner_id)) or "0") != unfollows:
+        with timing.phase("recheck"):
+            written -= _take_back(store, photo_id, owner_id, uids)
+    return written
 
 
 def _take_back(store: FeedStore, photo_id: int, owner_id: int, uids: str) -> int:
-    """Out of the feeds of followers who unfollowed while the chunk ran: the web tier changes
-    the graph before it enqueues user_unfollowed, so an unfollow whose removal ran between our
-    select and our write shows here, and one that lands after this look is removed by its own
-    task. Returns how many feeds gave the photo back."""
-    if not uids:
-        return 0
+    """Out of the feeds of followers who unfollowed while the chunk ran (the owner's unfollow
+    count moved): the web tier changes the graph before it enqueues user_unfollowed, so an
+    unfollow whose removal ran between our select and our write shows here, and one that lands
+    after this look is removed by its own task. Returns how many feeds gave the photo back."""
     gone = _run(store.graph, _GONE, [store.followers_key(owner_id)], [uids])
     if not gone:
         return 0

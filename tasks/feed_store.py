@@ -98,6 +98,11 @@ class FeedStore:
     def following_key(self, uid: int) -> str:
         return f"{self._p}:following:{uid}"
 
+    def unfollows_key(self, uid: int) -> str:
+        """A count of the unfollows the user has had: a fan-out chunk compares it before and
+        after its write, and looks for followers who left only when it moved."""
+        return f"{self._p}:unfollows:{uid}"
+
     def posts_key(self, uid: int) -> str:
         return f"{self._p}:posts:{uid}"
 
@@ -167,6 +172,7 @@ class FeedStore:
         pipe = self.graph.pipeline(transaction=True)
         pipe.zrem(self.followers_key(followee), str(follower))
         pipe.zrem(self.following_key(follower), str(followee))
+        pipe.incr(self.unfollows_key(followee))
         pipe.execute()
 
     def touch(self, uid: int, when: float | None = None) -> None:
