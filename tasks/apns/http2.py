@@ -78,6 +78,35 @@ def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
             + stream_id.to_bytes(4, "big") + payload)
 
 
+def split_frames(data: bytearray, max_frame: int = DEFAULT_FRAME
+                 ) -> tuple[list[tuple[int, int, int, bytes]], int]:
+    """The whole frames at the start of ``data`` as (type, flags, stream id, payload), and how
+    many bytes they took; a frame over ``max_frame`` is a connection error (FRAME_SIZE_ERROR)."""
+    frames: list[tuple[int, int, int, bytes]] = []
+    pos, end = 0, len(data)
+    with memoryview(data) as view:
+        while end - pos >= 9:
+            length = int.from_bytes(view[pos:pos + 3], "big")
+            if length > max_frame:
+                raise ProtocolViolation(FRAME_SIZE_ERROR, f"frame of {length} bytes")
+            if end - pos < 9 + length:
+                break
+            stream_id = int.from_bytes(view[pos + 5:pos + 9], "big") & 0x7FFFFFFF
+            frames.append((view[pos + 3], view[pos + 4], stream_id,
+                           bytes(view[pos + 9:pos + 9 + length])))
+            pos += 9 + length
+    return frames, pos
+
+
+def header_fragment(flags: int, payload: bytes) -> bytes:
+    """A HEADERS frame's header block fragment, its padding and priority fields removed."""
+    if flags & PADDED:
+        payload = payload[1:len(payload) - payload[0]]
+    if flags & PRIORITY_FLAG:
+        payload = payload[5:]
+    return payload
+
+
 class ProtocolViolation(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
@@ -324,27 +353,17 @@ class Http2Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        view, pos = memoryview(self.buffer), 0
         try:
-            while len(view) - pos >= 9:
-                length = int.from_bytes(view[pos:pos + 3], "big")
-                if length > DEFAULT_FRAME:  # we never raise SETTINGS_MAX_FRAME_SIZE
-                    raise ProtocolViolation(FRAME_SIZE_ERROR, f"frame of {length} bytes")
-                if len(view) - pos < 9 + length:
-                    break
-                kind, flags = view[pos + 3], view[pos + 4]
-                stream_id = int.from_bytes(view[pos + 5:pos + 9], "big") & 0x7FFFFFFF
-                self._frame(kind, flags, stream_id, bytes(view[pos + 9:pos + 9 + length]))
-                pos += 9 + length
+            frames, used = split_frames(self.buffer)  # we never raise SETTINGS_MAX_FRAME_SIZE
+            del self.buffer[:used]
+            for kind, flags, stream_id, payload in frames:
+                self._frame(kind, flags, stream_id, payload)
         except (ProtocolViolation, hpack_codec.HpackError) as exc:
-            view.release()
             code = exc.code if isinstance(exc, ProtocolViolation) else COMPRESSION_ERROR
             self.out.append(frame(GOAWAY, 0, 0, (0).to_bytes(4, "big") + code.to_bytes(4, "big")))
             self.flush()
             self.abort(f"connection error: {ERROR_NAMES.get(code, code)}: {exc}")
             return
-        view.release()
-        del self.buffer[:pos]
         if self.blocked:  # a finished stream may have been holding the queue of bodies
             self._unblock()
         if self.unacknowledged > RECEIVE_WINDOW // 2:
@@ -371,11 +390,7 @@ class Http2Connection(asyncio.Protocol):
                     self.out.append(frame(RST_STREAM, 0, stream_id, CANCEL.to_bytes(4, "big")))
                     self._finish(stream_id, Failure("response body over 64 KiB: not APNs"))
         elif kind == HEADERS:
-            if flags & PADDED:
-                payload = payload[1:len(payload) - payload[0]]
-            if flags & PRIORITY_FLAG:
-                payload = payload[5:]
-            self.continuing = (stream_id, flags, bytearray(payload))
+            self.continuing = (stream_id, flags, bytearray(header_fragment(flags, payload)))
             if flags & END_HEADERS:
                 self._headers()
         elif kind == CONTINUATION:
