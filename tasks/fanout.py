@@ -7,7 +7,8 @@ active followers' pass on ``feeds``, all of them first, then the rest on ``feeds
 per feed shard with followers in the chunk, one pipeline of write scripts of at most WRITE_SLICE
 followers each: insert in sorted place, trim only when over the cap, and with the last slice set
 the chunk's done-marker in the same atomic step, so a chunk run twice (redelivery, replay) writes
-nothing the second time. Before any of that, the post goes into the
+nothing the second time. When the feeds live on the data Redis itself, each slice selects and
+writes in one script instead. Before any of that, the post goes into the
 owner's posts list (for backfills and rebuilds) and their own feed; a tombstoned photo goes nowhere.
 
 "Active" is judged against the photo's own time (from its id), not the clock when a chunk runs,
@@ -104,15 +105,15 @@ local function write_feeds(marker, id, cap, ttl, prefix, each, finish)
 end
 """
 
-# followers(fkey, akey, lo, hi, cutoff, recent, want): the followers in `fkey` with
-# lo < id <= hi in the wanted pass, judged by their score in the last-active set `akey`:
-# seen since `cutoff` (the active pass), or not, or seen since `recent` (the inactive pass).
+# pick(ids, akey, cutoff, recent, want, n): of the first `n` follower ids in `ids`, those in the
+# wanted pass, judged by their score in the last-active set `akey`: seen since `cutoff` (the
+# active pass), or not, or seen since `recent` (the inactive pass).
+# followers(fkey, akey, lo, hi, cutoff, recent, want): pick over the followers with lo < id <= hi.
 _LUA_SELECT = """
-local function followers(fkey, akey, lo, hi, cutoff, recent, want)
-  local ids = redis.call('ZRANGE', fkey, '(' .. lo, hi, 'BYSCORE')
+local function pick(ids, akey, cutoff, recent, want, n)
   local out = {}
-  for s = 1, #ids, 4000 do  -- unpack() has a stack limit
-    local batch = {unpack(ids, s, math.min(s + 3999, #ids))}
+  for s = 1, n, 4000 do  -- unpack() has a stack limit
+    local batch = {unpack(ids, s, math.min(s + 3999, n))}
     local seen = redis.call('ZMSCORE', akey, unpack(batch))
     for i, uid in ipairs(batch) do
       local t = seen[i] and tonumber(seen[i])
@@ -123,6 +124,11 @@ local function followers(fkey, akey, lo, hi, cutoff, recent, want)
     end
   end
   return out
+end
+
+local function followers(fkey, akey, lo, hi, cutoff, recent, want)
+  local ids = redis.call('ZRANGE', fkey, '(' .. lo, hi, 'BYSCORE')
+  return pick(ids, akey, cutoff, recent, want, #ids)
 end
 """
 
@@ -145,6 +151,25 @@ if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
 return {table.concat(followers(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]),
                                tonumber(ARGV[4]), ARGV[5] == '1'), ','),
         redis.call('GET', KEYS[4]) or '0'}
+"""
+
+# When the feeds live on the data Redis itself (no FARM_FEED_SHARDS), a slice selects and writes
+# in one script: one round trip per slice, and no unfollow can land between its select and write.
+# KEYS: the owner's followers, last_active, the photo's tombstone, the chunk's marker.
+# ARGV: after (the slice starts past this follower id), hi, active cutoff, seen-recently cutoff,
+# pass (1|0), photo id, cap, marker TTL, feed key prefix, slice size.
+# Returns {-2} when the photo is deleted, {-1} when the chunk ran before, else {entries written,
+# the last follower id this slice covered, or '' when it ended the chunk (and set the marker)}.
+_LOCAL_SLICE = _LUA_SELECT + _LUA_WRITE + """
+if call('EXISTS', KEYS[3]) == 1 then return {-2, ''} end
+local size = tonumber(ARGV[10])
+local ids = call('ZRANGE', KEYS[1], '(' .. ARGV[1], ARGV[2], 'BYSCORE', 'LIMIT', '0', size + 1)
+local n = math.min(#ids, size)
+local last = #ids > size and ids[size] or ''
+local picked, i = pick(ids, KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5] == '1', n), 0
+local written = write_feeds(KEYS[4], ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9],
+                            function() i = i + 1 return picked[i] end, last == '')
+return {written, last}
 """
 
 # On the data Redis. KEYS: the owner's followers. ARGV: follower ids joined by commas.
@@ -277,6 +302,9 @@ def write_chunk(photo_id: int, owner_id: int, lo: int, hi: int, active: bool) ->
     keys = [store.followers_key(owner_id), store.last_active, store.tombstone_key(photo_id)]
     args: list[Any] = [lo, hi, repr(cutoff), repr(posted - CLOCK_SKEW_S), int(active)]
     chunk = _chunk_name(lo, hi, active)
+    if len(store.shards) == 1 and store.shards[0] is store.graph:
+        with timing.phase("write"):
+            return _write_local(store, s, photo_id, keys, args, chunk)
     with timing.phase("select"):
         selected = _run(store.graph, _SELECT, [*keys, store.unfollows_key(owner_id)], args)
     if selected == -1:
@@ -288,6 +316,25 @@ def write_chunk(photo_id: int, owner_id: int, lo: int, hi: int, active: bool) ->
         with timing.phase("recheck"):
             written -= _take_back(store, photo_id, owner_id, uids)
     return written
+
+
+def _write_local(store: FeedStore, s: Settings, photo_id: int, keys: list[str],
+                 args: list[Any], chunk: str) -> int:
+    """The chunk on the data Redis, slice by slice (select and write in one script each);
+    entries written, or -1 when it had run already."""
+    keys = [*keys, store.marker_key(photo_id, chunk)]
+    tail = [photo_id, s.feed_cap, s.marker_ttl, f"{s.key_prefix}:feed:", WRITE_SLICE]
+    after, total = args[0], 0
+    while True:
+        written, last = _run(store.graph, _LOCAL_SLICE, keys, [after, *args[1:], *tail])
+        if written == -2:  # deleted
+            return 0
+        if written == -1:  # the chunk ran before (or another run just finished it)
+            return total or -1
+        total += written
+        if not last:
+            return total
+        after = last
 
 
 def _take_back(store: FeedStore, photo_id: int, owner_id: int, uids: str) -> int:

@@ -133,7 +133,7 @@ def test_fan_out_puts_each_post_once_in_every_feed_on_its_own_shard(
 
 
 @pytest.mark.integration
-def test_a_chunk_is_one_select_then_pipelined_slices_the_last_setting_its_marker(
+def test_on_the_data_redis_a_chunk_is_one_script_per_slice_the_last_setting_its_marker(
         data: redis.Redis, broker: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     configure(monkeypatch, feed_chunk_size=25)
     monkeypatch.setattr(fanout, "WRITE_SLICE", 5)
@@ -146,16 +146,15 @@ def test_a_chunk_is_one_select_then_pipelined_slices_the_last_setting_its_marker
     p = photo(1)
     assert fan_out(p, OWNER)["chunks"] == 4
     active = queued(broker, "feeds")
-    slices = [-(-sum(c["lo"] < u <= c["hi"] for u in followers[::2]) // 5) for c in active]
-    assert min(slices) >= 2
+    scanned = [sum(c["lo"] < u <= c["hi"] for u in followers) for c in active]
     data.config_resetstat()
     assert sum(run_queued(broker, "feeds")) == 50
     evalsha = data.info("commandstats")["cmdstat_evalsha"]  # a first NOSCRIPT fails, reloads
-    # Per chunk: the select and its slices (nobody unfollowed meanwhile: no second look).
-    assert evalsha["calls"] - evalsha["failed_calls"] == 4 + sum(slices)
+    # Per chunk, one select-and-write script per slice of 5 followers looked at.
+    assert evalsha["calls"] - evalsha["failed_calls"] == sum(-(-n // 5) for n in scanned)
     assert {u for u, f in feeds(store, followers).items() if f} == set(followers[::2])
-    # A crash between slices: the first slice's writes stand, no marker yet; the rerun redoes
-    # every slice and duplicates nothing.
+    # A crash before the last slice: the earlier slices' writes stand, no marker yet; the rerun
+    # redoes every slice and duplicates nothing.
     chunk = active[0]
     marker = store.marker_key(p, f"{chunk['lo']}-{chunk['hi']}-a")
     assert data.exists(marker)
@@ -168,6 +167,27 @@ def test_a_chunk_is_one_select_then_pipelined_slices_the_last_setting_its_marker
     data.set(store.s.key("deleted", photo(2)), 1)
     assert write_chunk(photo(2), OWNER, 0, MAX_USER_ID, False) == 0
     assert feeds(store, [*followers, OWNER]) == {u: [p] for u in [*followers, OWNER]}
+
+
+@pytest.mark.integration
+def test_on_feed_shards_a_chunk_is_one_select_then_pipelined_slices_per_shard(
+        store: FeedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fanout, "WRITE_SLICE", 3)
+    followers = list(range(200, 240))
+    add_followers(store, OWNER, followers)
+    groups = store.by_shard(followers)
+    assert len(groups) == 3 and min(map(len, groups.values())) > 3  # several slices per shard
+    p = photo(1)
+    assert write_chunk(p, OWNER, 0, 1000, False) == 40
+    assert feeds(store, followers) == {u: [p] for u in followers}
+    for index in groups:  # every shard's last slice set its marker
+        assert store.shards[index].exists(store.marker_key(p, "0-1000-i"))
+    assert write_chunk(p, OWNER, 0, 1000, False) == -1
+    # One shard's marker lost (its last slice never ran): only that shard writes again, and
+    # writes nothing twice.
+    store.shards[0].delete(store.marker_key(p, "0-1000-i"))
+    assert write_chunk(p, OWNER, 0, 1000, False) == 0
+    assert feeds(store, followers) == {u: [p] for u in followers}
 
 
 @pytest.mark.integration
