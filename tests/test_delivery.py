@@ -61,7 +61,7 @@ def test_sigkilled_worker_task_is_redelivered_and_completes(
     assert len(finished(data, "survivor")) == 1  # ran to completion exactly once
 
 
-def sweep_lock_expiry(broker: redis.Redis, seconds: float = 4.0) -> float:
+def sweep_lock_expiry(broker: redis.Redis, seconds: float = 10.0) -> float:
     """The expiry (s) a live worker gives the restore sweep's lock, read off the wire."""
     with broker.monitor() as m:
         deadline = time.monotonic() + seconds
