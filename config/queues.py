@@ -48,6 +48,7 @@ ROUTES: dict[str, str] = {
     "batch.deadletter_report": Q.MAINTENANCE,
     "batch.sweep": Q.MAINTENANCE,
     "batch.feed_trim": Q.MAINTENANCE,
+    "batch.fanout_sweep": Q.MAINTENANCE,
     "batch.feed_rebuild": Q.MAINTENANCE,  # on demand only: `farm batch feed-rebuild USER_ID ...`
     # diagnostics: `farm ping` sends diag.ping to every queue explicitly
     "diag.ping": Q.MAINTENANCE,

@@ -88,6 +88,9 @@ class Settings:
     feed_shards: tuple[str, ...] = ()  # Redis URLs; empty: the data Redis alone
     feed_cap: int = 1000
     feed_chunk_size: int = 5000  # followers per fan-out chunk task
+    # A chunk still listed this long after it was sent is sent again by the fanout-sweep job
+    # (a worker killed as it took the message off the queue loses it: kombu #305).
+    fanout_sweep_after: int = 600
     feed_active_days: float = 7.0  # followers seen this recently get the post first
     feed_backfill: int = 100  # a followee's newest posts merged into a new follower's feed
     posts_cap: int = 1000  # a user's own posts kept for backfills and rebuilds
@@ -149,7 +152,7 @@ def _validate(s: Settings) -> None:
     for name in ("task_time_limit", "visibility_timeout", "restore_interval", "max_arg_bytes",
                  "max_deliveries", "s3_multipart_mb", "photo_full_size", "max_pixels",
                  "max_upload_mb", "feed_cap", "feed_chunk_size", "feed_backfill", "posts_cap",
-                 "activity_cap", "marker_ttl",
+                 "activity_cap", "marker_ttl", "fanout_sweep_after",
                  "feed_concurrency", "io_procs", "io_threads", "batch_concurrency",
                  "max_tasks_per_child", "flower_port", "deadletter_retention_days"):
         _check(getattr(s, name) > 0, name, f"must be positive, got {getattr(s, name)}")

@@ -29,8 +29,9 @@ import redis
 from config.celery_app import app
 from config.queues import Q
 from config.settings import Settings, get_settings
-from tasks import timing
+from tasks import fanout_ledger, timing
 from tasks.errors import PermanentError
+from tasks.fanout_ledger import chunk_name
 from tasks.feed_store import (
     LUA_NEWER,
     MAX_PHOTO_ID,
@@ -203,10 +204,6 @@ def _run(client: redis.Redis, text: str, keys: list[str], args: list[Any]) -> An
     return lua(client, text)(keys=keys, args=args)
 
 
-def _chunk_name(lo: int, hi: int, active: bool) -> str:
-    return f"{lo}-{hi}-{'a' if active else 'i'}"
-
-
 def _write_feeds(store: FeedStore, s: Settings, photo_id: int, ids: str, chunk: str) -> int:
     """Write to every follower in ``ids`` (comma-joined): per shard with followers in it, the
     slices in one pipeline, the shards' pipelines in flight together. -1 if every shard had done
@@ -274,12 +271,16 @@ def fan_out(photo_id: int, owner_id: int) -> dict[str, Any]:
         return summary
     # One pipelined round trip per 1000 publishes (kombu's publish batch): a publish each would
     # cost a millisecond apiece here, seconds for a big account.
-    with timing.phase("enqueue"), app.producer_or_acquire() as producer, producer.batch():
-        for active, queue in ((True, Q.FEEDS), (False, Q.FEEDS_BATCH)):  # all active first
-            for lo, hi in chunks:
-                app.send_task("feeds.fanout_chunk", producer=producer, queue=str(queue), kwargs={
-                    "photo_id": photo_id, "owner_id": owner_id, "lo": lo, "hi": hi,
-                    "active": active})
+    with timing.phase("enqueue"):
+        # Listed before sent, so a chunk lost with a killed worker is sent again (the ledger).
+        fanout_ledger.record(store, s, photo_id, owner_id, (
+            chunk_name(lo, hi, active) for active in (True, False) for lo, hi in chunks))
+        with app.producer_or_acquire() as producer, producer.batch():
+            for active, queue in ((True, Q.FEEDS), (False, Q.FEEDS_BATCH)):  # all active first
+                for lo, hi in chunks:
+                    app.send_task("feeds.fanout_chunk", producer=producer, queue=str(queue),
+                                  kwargs={"photo_id": photo_id, "owner_id": owner_id, "lo": lo,
+                                          "hi": hi, "active": active})
     summary.update(followers=n, chunks=len(chunks))
     return summary
 
@@ -294,6 +295,14 @@ def write_chunk(photo_id: int, owner_id: int, lo: int, hi: int, active: bool) ->
     if not isinstance(active, bool):
         raise PermanentError(f"active must be true or false, got {active!r}")
     s, store = get_settings(), feed_store()
+    chunk = chunk_name(lo, hi, active)
+    written = _write_chunk(store, s, photo_id, owner_id, lo, hi, active, chunk)
+    fanout_ledger.done(store, photo_id, owner_id, chunk)
+    return written
+
+
+def _write_chunk(store: FeedStore, s: Settings, photo_id: int, owner_id: int, lo: int, hi: int,
+                 active: bool, chunk: str) -> int:
     # Both passes judge activity at the photo's own time, so a replay decides the same way; the
     # inactive pass also takes anyone seen since, who may have turned active after the active
     # pass looked (last_active only grows), so nobody falls between the two passes.
@@ -301,7 +310,6 @@ def write_chunk(photo_id: int, owner_id: int, lo: int, hi: int, active: bool) ->
     cutoff = posted - s.feed_active_days * 86400
     keys = [store.followers_key(owner_id), store.last_active, store.tombstone_key(photo_id)]
     args: list[Any] = [lo, hi, repr(cutoff), repr(posted - CLOCK_SKEW_S), int(active)]
-    chunk = _chunk_name(lo, hi, active)
     if len(store.shards) == 1 and store.shards[0] is store.graph:
         with timing.phase("write"):
             return _write_local(store, s, photo_id, keys, args, chunk)

@@ -98,6 +98,14 @@ class FeedStore:
     def following_key(self, uid: int) -> str:
         return f"{self._p}:following:{uid}"
 
+    def pending_key(self, photo_id: int) -> str:
+        """The post's fan-out chunks not yet run (tasks/fanout_ledger.py)."""
+        return f"{self._p}:fanout_pending:{photo_id}"
+
+    @property
+    def pending_index(self) -> str:
+        return f"{self._p}:fanout_pending"
+
     def unfollows_key(self, uid: int) -> str:
         """A count of the unfollows the user has had: a fan-out chunk compares it before and
         after its write, and looks for followers who left only when it moved."""

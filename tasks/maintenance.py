@@ -203,6 +203,11 @@ def feed_trim_task() -> Result:
     return run_job("feed-trim", data_redis(), get_settings())
 
 
+@farm_task("batch.fanout_sweep", max_retries=0)
+def fanout_sweep_task() -> Result:
+    return run_job("fanout-sweep", data_redis(), get_settings())
+
+
 @farm_task("batch.feed_rebuild", max_retries=0, permanent=(ValueError,))
 def feed_rebuild_task(user_ids: list[int]) -> Result:
     """On demand only (beat never sends it): the same run as `farm batch feed-rebuild ID ...`."""

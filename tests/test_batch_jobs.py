@@ -145,13 +145,14 @@ def test_cli_list_and_unknown_names(capsys: pytest.CaptureFixture[str]) -> None:
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[:3] for line in lines] == [
         ["deadletter-report", "every", "1h"], ["sweep", "every", "15m"],
-        ["feed-trim", "every", "1d"], ["feed-rebuild", "on", "demand"]]
-    assert lines[3].split()[3] == "batch.feed_rebuild"
+        ["feed-trim", "every", "1d"], ["fanout-sweep", "every", "1m"],
+        ["feed-rebuild", "on", "demand"]]
+    assert lines[4].split()[3] == "batch.feed_rebuild"
 
     assert main(["batch", "nope"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err == ["farm batch: unknown batch job 'nope'; "
-                   "known: deadletter-report, sweep, feed-trim, feed-rebuild"]
+                   "known: deadletter-report, sweep, feed-trim, fanout-sweep, feed-rebuild"]
 
     assert main(["batch"]) == 2
     assert "--list" in capsys.readouterr().err
@@ -191,7 +192,8 @@ def test_cli_help_lists_every_job_and_how_often(capsys: pytest.CaptureFixture[st
     jobs = out.split("jobs:\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert [line.split()[:3] for line in jobs] == [
         ["deadletter-report", "every", "1h"], ["sweep", "every", "15m"],
-        ["feed-trim", "every", "1d"], ["feed-rebuild", "on", "demand"]]
+        ["feed-trim", "every", "1d"], ["fanout-sweep", "every", "1m"],
+        ["feed-rebuild", "on", "demand"]]
 
 
 # --- farm batch feed-rebuild (on demand, per user) ------------------------------------------
