@@ -26,8 +26,6 @@ from typing import Any
 
 import redis
 
-from config.celery_app import app
-from config.queues import Q
 from config.settings import Settings, get_settings
 from tasks import fanout_ledger, timing
 from tasks.errors import PermanentError
@@ -200,6 +198,7 @@ return place(KEYS[2], ARGV[1], tonumber(ARGV[2]), tostring(tonumber(ARGV[2]) - 1
 # shard wait at most one slice (~2-3 ms).
 WRITE_SLICE = 1000
 
+
 def _run(client: redis.Redis, text: str, keys: list[str], args: list[Any]) -> Any:
     return lua(client, text)(keys=keys, args=args)
 
@@ -269,18 +268,9 @@ def fan_out(photo_id: int, owner_id: int) -> dict[str, Any]:
         n, chunks = store.follower_chunks(owner_id, s.feed_chunk_size)
     if not chunks:
         return summary
-    # One pipelined round trip per 1000 publishes (kombu's publish batch): a publish each would
-    # cost a millisecond apiece here, seconds for a big account.
-    with timing.phase("enqueue"):
-        # Listed before sent, so a chunk lost with a killed worker is sent again (the ledger).
-        fanout_ledger.record(store, s, photo_id, owner_id, (
-            chunk_name(lo, hi, active) for active in (True, False) for lo, hi in chunks))
-        with app.producer_or_acquire() as producer, producer.batch():
-            for active, queue in ((True, Q.FEEDS), (False, Q.FEEDS_BATCH)):  # all active first
-                for lo, hi in chunks:
-                    app.send_task("feeds.fanout_chunk", producer=producer, queue=str(queue),
-                                  kwargs={"photo_id": photo_id, "owner_id": owner_id, "lo": lo,
-                                          "hi": hi, "active": active})
+    with timing.phase("enqueue"):  # every active pass first, each listed in the ledger
+        fanout_ledger.send(store, s, photo_id, owner_id,
+                           [(lo, hi, active) for active in (True, False) for lo, hi in chunks])
     summary.update(followers=n, chunks=len(chunks))
     return summary
 

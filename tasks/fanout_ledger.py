@@ -5,20 +5,21 @@ unacked, so a worker SIGKILLed in between loses that message: no visibility time
 back (kombu #305). Everything else about delivery is at least once; for a post's fan-out that
 window would leave some followers without the post forever.
 
-So `feeds.fanout` writes every chunk it enqueues into ``{p}:fanout_pending:{photo}`` (chunk
-name -> when it was sent) before sending, each chunk crosses itself off when it has run (in any
-outcome but a retry), and the `fanout-sweep` batch job re-sends the chunks still listed
-FARM_FANOUT_SWEEP_AFTER seconds after they were sent. A chunk that was only slow runs twice,
-which it is safe to do (its marker makes the second run a no-op); the sweep re-sends a chunk at
-most once per FARM_FANOUT_SWEEP_AFTER. ``{p}:fanout_pending`` indexes the posts with chunks
-listed ("photo:owner" -> when to look next), so the sweep never scans the keyspace.
+So `feeds.fanout` sends its chunks through :func:`send`, which lists each in
+``{p}:fanout_pending:{photo}`` (chunk name -> when it was sent) before sending it; each chunk
+crosses itself off when it has run (in any outcome but a retry), and the `fanout-sweep` batch
+job re-sends the chunks still listed FARM_FANOUT_SWEEP_AFTER seconds after they were sent. A
+chunk that was only slow runs twice, which it is safe to do (its marker makes the second run a
+no-op); the sweep re-sends a chunk at most once per FARM_FANOUT_SWEEP_AFTER.
+``{p}:fanout_pending`` indexes the posts with chunks listed ("photo:owner" -> when to look
+next), so the sweep never scans the keyspace.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 import redis
 
@@ -46,19 +47,24 @@ def parse_chunk(name: str) -> tuple[int, int, bool]:
     return int(lo), int(hi), kind == "a"
 
 
-def record(store: FeedStore, s: Settings, photo_id: int, owner_id: int,
-           chunks: Iterable[str]) -> None:
-    """List the chunks about to be sent (before sending: a chunk may run at once)."""
-    now = time.time()
-    entries = {name: repr(now) for name in chunks}
-    if not entries:
+Chunk = tuple[int, int, bool]  # (lo, hi, active)
+
+
+def send(store: FeedStore, s: Settings, photo_id: int, owner_id: int,
+         chunks: Sequence[Chunk]) -> None:
+    """List the post's chunks in the ledger, then send them in the order given (listed first:
+    a chunk may run at once)."""
+    if not chunks:
         return
+    now = time.time()
     key = store.pending_key(photo_id)
+    entries = {chunk_name(*chunk): repr(now) for chunk in chunks}
     pipe = store.graph.pipeline(transaction=False)
     pipe.hset(key, mapping=entries)
     pipe.expire(key, s.marker_ttl)
     pipe.zadd(store.pending_index, {f"{photo_id}:{owner_id}": now + s.fanout_sweep_after})
     pipe.execute()
+    _publish(photo_id, owner_id, chunks)
 
 
 def done(store: FeedStore, photo_id: int, owner_id: int, chunk: str) -> None:
@@ -82,7 +88,8 @@ def resend_stale(client: redis.Redis, s: Settings, progress: Progress = no_progr
             continue
         stale = [name for name, sent in listed.items() if float(sent) <= now - s.fanout_sweep_after]
         if stale:
-            _resend(store, photo, owner, stale, now)
+            store.graph.hset(store.pending_key(photo), mapping=dict.fromkeys(stale, repr(now)))
+            _publish(photo, owner, [parse_chunk(name) for name in stale])
             out["resent"] += len(stale)
         oldest = min(now if name in stale else float(sent) for name, sent in listed.items())
         store.graph.zadd(store.pending_index, {member: oldest + s.fanout_sweep_after})
@@ -95,11 +102,11 @@ def resend_stale(client: redis.Redis, s: Settings, progress: Progress = no_progr
     return out
 
 
-def _resend(store: FeedStore, photo_id: int, owner_id: int, chunks: list[str], now: float) -> None:
-    store.graph.hset(store.pending_key(photo_id), mapping={name: repr(now) for name in chunks})
+def _publish(photo_id: int, owner_id: int, chunks: Sequence[Chunk]) -> None:
+    # One pipelined round trip per 1000 publishes (kombu's publish batch): a publish each would
+    # cost a millisecond apiece here, seconds for a big account.
     with app.producer_or_acquire() as producer, producer.batch():
-        for name in chunks:
-            lo, hi, active = parse_chunk(name)
+        for lo, hi, active in chunks:
             queue = Q.FEEDS if active else Q.FEEDS_BATCH
             app.send_task("feeds.fanout_chunk", producer=producer, queue=str(queue), kwargs={
                 "photo_id": photo_id, "owner_id": owner_id, "lo": lo, "hi": hi,
