@@ -54,8 +54,8 @@ def lpush_baseline(port: int, requests: int) -> float | None:
 def chunk_rate(followers: int) -> tuple[float, int]:
     """Followers written per second by this one process, over every chunk of the owner."""
     from config.settings import get_settings
-    from tasks.fanout import chunk_ranges, write_chunk
-    from tasks.feed_store import feed_store
+    from tasks.feeds.fanout import chunk_ranges, write_chunk
+    from tasks.feeds.store import feed_store
 
     s = get_settings()
     store = feed_store(s)
@@ -70,8 +70,8 @@ def chunk_rate(followers: int) -> tuple[float, int]:
 def farm_time(followers: int, state: Path) -> float:
     """Seconds from enqueueing one post's fan-out to its last chunk written, with real workers."""
     from config.celery_app import app
-    from config.redis import data_redis
     from config.settings import get_settings
+    from tasks.core.redis import data_redis
     from workers.launcher import WorkerProcess, stop_all
 
     s = get_settings()
@@ -97,7 +97,7 @@ def farm_time(followers: int, state: Path) -> float:
 
 
 def bytes_per_entry(feeds: int, cap: int) -> float:
-    from config.redis import data_redis
+    from tasks.core.redis import data_redis
 
     r = data_redis()
     before = int(r.info("memory")["used_memory"])
@@ -129,7 +129,7 @@ def main() -> None:
         os.environ.update(FARM_BROKER_URL=server.url(0), FARM_REDIS_URL=server.url(1),
                           FARM_ENV_FILE=os.devnull, FARM_STATE_DIR=str(state))
         from config.settings import get_settings
-        from tasks.feed_store import feed_store
+        from tasks.feeds.store import feed_store
 
         s = get_settings()
         store = feed_store(s)

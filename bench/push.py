@@ -9,7 +9,7 @@ alternate the two so a drift in machine speed hits both; the medians are compare
 10,000 notifications/s from one process.
 
 Starts everything it needs, with no configuration: an embedded Redis (the provider token lives
-there, as in the farm), and the stand-in from tests/apns_standin.py in a separate, spawned
+there, as in the farm), and the stand-in from tests/support/apns_standin.py in a separate, spawned
 process, so it does not share this process's GIL with the client being measured. The app is
 configured as the farm does it (FARM_APNS_APPS, FARM_APNS_CA_FILE) with a throwaway provider key.
 A dev tool: the stand-in needs the repo checkout and the dev dependencies (trustme, pytest:
@@ -40,9 +40,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tasks.apns.client import PushRequest, PushResult
+    from tasks.push.apns.client import PushRequest, PushResult
 
-TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"  # where apns_standin.py lives
+REPO = Path(__file__).resolve().parents[1]  # tests/support/apns_standin.py lives in it
 STARTUP_TIMEOUT = 60.0
 WARMUP = 500  # notifications in the warm-up batch (fewer if --batch is smaller)
 
@@ -57,8 +57,8 @@ def serve_standin(conn: Connection, directory: str) -> None:
     """Runs in the spawned child: start the stand-in, register a fresh provider key, report how
     to reach it, then answer the parent's "tally" requests until "stop" or the pipe closes."""
     try:
-        sys.path.insert(0, str(TESTS_DIR))
-        from apns_standin import ApnsStandin, make_key
+        sys.path.insert(0, str(REPO))
+        from tests.support.apns_standin import ApnsStandin, make_key
 
         where = Path(directory)
         standin = ApnsStandin(where).start()
@@ -116,8 +116,8 @@ class Standin:
         if kind != "ready":
             self.close()
             raise BenchFailure(f"the APNs stand-in did not start: {info} (it needs the repo's "
-                               f"{TESTS_DIR / 'apns_standin.py'} and the dev dependencies: "
-                               "pip install -e '.[dev]')")
+                               f"{REPO / 'tests/support/apns_standin.py'} and the dev "
+                               "dependencies: pip install -e '.[dev]')")
         self.info: dict[str, Any] = info
         if info["pid"] == os.getpid() or info["pid"] != self.process.pid:
             self.close()
@@ -183,7 +183,7 @@ class Requests:
         self.made = 0
 
     def make(self, count: int) -> list[PushRequest]:
-        from tasks.apns.client import PushRequest
+        from tasks.push.apns.client import PushRequest
 
         first, self.made = self.made, self.made + count
         return [PushRequest(f"{self.prefix}{i:016x}", payload(i)) for i in range(first,
@@ -229,7 +229,7 @@ def run(opts: argparse.Namespace) -> None:
 
 
 def measure(opts: argparse.Namespace, standin: Standin) -> None:
-    from tasks.apns import apps, client, token
+    from tasks.push.apns import apps, client, token
 
     apps.reset()
     token.clear_cache()
@@ -302,10 +302,10 @@ def measure(opts: argparse.Namespace, standin: Standin) -> None:
 def notify_rate(app_id: str, requests: Requests, standin: Standin, devices: int) -> float:
     """Notifications/s through push.notify's plain function (no broker): the devices of
     devices/2 users, two each, looked up in the registry, sent, marked, counted."""
-    from config.redis import data_redis
     from config.settings import get_settings
-    from tasks.push_devices import DeviceRegistry
-    from tasks.push_send import notify
+    from tasks.core.redis import data_redis
+    from tasks.push.devices import DeviceRegistry
+    from tasks.push.send import notify
 
     registry = DeviceRegistry(data_redis(), get_settings())
     users = list(range(1, max(1, devices // 2) + 1))

@@ -54,7 +54,7 @@ def photo_like_jpeg() -> bytes:
 
 def ours() -> Callable[[bytes], list[bytes]]:
     from config.settings import load_settings
-    from tasks.imaging import make_variants, variant_specs
+    from tasks.photos.imaging import make_variants, variant_specs
 
     specs = variant_specs(load_settings({}, dotenv=Path(os.devnull)))
     return lambda data: [v.data for v in make_variants(data, specs, quality=QUALITY)]

@@ -9,19 +9,12 @@ from kombu import Exchange, Queue
 
 from config.queues import QUEUES, celery_routes
 from config.settings import Settings, get_settings
-from schedules.beat import beat_schedule
 
-# Worker-side task modules. Heavy libraries (Pillow, boto3, ...) are imported inside the
-# functions that use them, so a worker that never resizes never pays for Pillow.
-TASK_MODULES = (
-    "tasks.diagnostics",
-    "tasks.photos",
-    "tasks.feeds",
-    "tasks.push",
-    "tasks.social",
-    "tasks.webhooks",
-    "tasks.maintenance",
-)
+# Worker-side task modules: each domain's tasks.py (named, not imported: config depends on
+# nothing of ours). Heavy libraries (Pillow, boto3, ...) are imported inside the functions that
+# use them, so a worker that never resizes never pays for Pillow.
+TASK_MODULES = tuple(f"tasks.{domain}.tasks" for domain in (
+    "diagnostics", "photos", "feeds", "push", "social", "webhooks", "maintenance"))
 
 
 def celery_config(s: Settings) -> dict[str, Any]:
@@ -76,7 +69,7 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "worker_redirect_stdouts": False,
         "timezone": "UTC",
         "enable_utc": True,
-        "beat_schedule": beat_schedule(s),
+        # The beat schedule is schedules/' (when jobs run): `farm beat` installs it.
     }
 
 
@@ -92,7 +85,7 @@ class FarmCelery(Celery):
         # subscribes to every sent task's result channel; the few that want results say so.
         options.setdefault("ignore_result", True)
         if self.strict_arg_bytes is not None:
-            from tasks.args import check_small_json
+            from config.messages import check_small_json
 
             check_small_json(name, args or (), kwargs or {}, self.strict_arg_bytes)
         return super().send_task(name, args, kwargs, **options)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
+from tests.support.workers import WorkerFactory
 from workers.embedded_redis import EmbeddedRedis
 from workers.launcher import WorkerProcess
 
@@ -106,18 +106,6 @@ def sharded(redis_server: EmbeddedRedis, shard_servers: list[EmbeddedRedis], dat
     get_settings.cache_clear()
 
 
-# Short limits so a message a killed worker held comes back in seconds, not an hour.
-FAST_REDELIVERY = {
-    "FARM_TASK_TIME_LIMIT": "4",
-    "FARM_TASK_SOFT_TIME_LIMIT": "3",
-    "FARM_RETRY_MAX_DELAY": "1",
-    "FARM_VISIBILITY_TIMEOUT": "6",
-    "FARM_RESTORE_INTERVAL": "1",
-}
-
-WorkerFactory = Callable[..., WorkerProcess]
-
-
 @pytest.fixture
 def workers(data: redis.Redis, tmp_path: Path) -> Iterator[WorkerFactory]:
     """Start real `farm worker` processes: workers("cpu", concurrency=1, env={...})."""
@@ -137,17 +125,5 @@ def workers(data: redis.Redis, tmp_path: Path) -> Iterator[WorkerFactory]:
         w.kill() if w.alive() else None
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 20.0, interval: float = 0.05,
-             what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-# moto S3 server and fault proxy fixtures. Named as `from conftest import` names this directory's
-# modules, so it loads under plain `pytest` as well as `python -m pytest`.
-pytest_plugins = ["s3_server", "apns_standin"]
+# moto S3 server and fault proxy fixtures, and the APNs stand-in's.
+pytest_plugins = ["tests.support.s3_server", "tests.support.apns_standin"]

@@ -22,9 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        # Building the parser imports the batch-job registry, which loads the settings.
+        args = build_parser().parse_args(argv)
         return int(args.handler(args) or 0)
     except SettingsError as exc:
         print(f"farm: configuration error: {exc}", file=sys.stderr)

@@ -94,13 +94,13 @@ def run_demo(serve: bool = False) -> int:
 
 def push_workload() -> bool:
     from config.celery_app import app
-    from config.redis import data_redis
     from config.settings import get_settings
     from tasks import enqueue
     from tasks.blobs import open_store
-    from tasks.deadletter import DeadLetterStore
-    from tasks.feed_store import feed_store
-    from tasks.photo_records import PhotoRecords
+    from tasks.core.deadletter import DeadLetterStore
+    from tasks.core.redis import data_redis
+    from tasks.feeds.store import feed_store
+    from tasks.photos.records import PhotoRecords
     from workers.commands.ping import ping_queues
     from workers.commands.stats import collect
     from workers.demo_photos import sample_uploads

@@ -7,23 +7,13 @@ import sys
 from typing import Any
 
 from celery.signals import (
-    worker_process_init,
     worker_process_shutdown,
     worker_ready,
     worker_shutdown,
     worker_shutting_down,
 )
 
-from config import redis as farm_redis
-
 log = logging.getLogger("farm.worker")
-
-
-@worker_process_init.connect
-def _after_fork(**_: Any) -> None:
-    # A prefork child must not share its parent's Redis sockets (clients are keyed by pid, but
-    # dropping the inherited ones keeps them from being used by mistake).
-    farm_redis._clients.clear()
 
 
 @worker_ready.connect
@@ -42,7 +32,8 @@ def _shutting_down(sig: str = "", how: str = "", **_: Any) -> None:
 def _close_connections(**_: Any) -> None:
     # Say GOAWAY to APNs rather than vanish: Apple may treat abrupt disconnects as abuse.
     # Only if this process ever pushed: no import (and no event loop) for nothing.
-    client = sys.modules.get("tasks.apns.client")
+    client = sys.modules.get("tasks.push.apns.client")  # a prefork child's per-process state is
+    # emptied at fork (tasks/core/process_local.py); nothing else to reset here
     if client is not None:
         try:
             client.close()

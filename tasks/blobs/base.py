@@ -6,9 +6,7 @@ the same object again instead of a second one; each store adds its own prefix or
 
 from __future__ import annotations
 
-import os
 import re
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +14,9 @@ from typing import Protocol, runtime_checkable
 from urllib.parse import quote
 
 from config.settings import Settings, get_settings
-from tasks.errors import PermanentError
+from tasks.core.errors import PermanentError
+from tasks.core.process_local import ProcessLocal
+from tasks.core.validation import InvalidArgument, valid_storage_key
 
 _VARIANT = re.compile(r"[A-Za-z0-9_-]+")
 _META_KEY = re.compile(r"[a-z0-9_-]+")
@@ -68,14 +68,12 @@ def photo_key(photo_id: int, variant: str) -> str:
 
 
 def check_key(key: str) -> str:
-    """A relative key with no '.', '..' or empty segments, so no store can be walked out of."""
-    if not isinstance(key, str) or not key:
-        raise ValueError(f"blob key must be a non-empty string, got {key!r}")
-    if key.startswith("/") or "\\" in key or any(ord(c) < 32 for c in key):
-        raise ValueError(f"blob key must be relative, with no backslashes, got {key!r}")
-    if any(part in ("", ".", "..") for part in key.split("/")):
-        raise ValueError(f"blob key must not contain '.', '..' or empty segments, got {key!r}")
-    return key
+    """A relative key with no '.', '..' or empty segments, so no store can be walked out of
+    (the same rule the enqueue API and the tasks check keys with)."""
+    try:
+        return valid_storage_key("blob key", key)
+    except InvalidArgument as exc:
+        raise ValueError(str(exc)) from None
 
 
 def clean_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
@@ -98,24 +96,15 @@ def public_url(base: str, full_key: str, version: int | None) -> str:
     return url
 
 
-# One store (and so one boto3 client and connection pool) per process. The pid is part of the key
-# because a prefork child inherits its parent's dict, and sockets shared across a fork interleave
-# bytes from two processes. Beyond the URL, the key holds every setting a store depends on, so a
-# caller passing different settings never gets a store built for others.
-_stores: dict[tuple[object, ...], BlobStore] = {}
-_lock = threading.Lock()
-
-
-def _fresh_lock() -> None:
-    global _lock
-    _lock = threading.Lock()  # a thread may have held it at fork time; the child has no such thread
-
-
-os.register_at_fork(after_in_child=_fresh_lock)
+# One store (and so one boto3 client and connection pool) per process, made after fork: sockets
+# shared across a fork interleave bytes from two processes. Beyond the URL, the key holds every
+# setting a store depends on, so a caller passing different settings never gets a store built
+# for others.
+_stores: ProcessLocal[tuple[object, ...], BlobStore] = ProcessLocal("blob stores")
 
 
 def _cache_key(s: Settings) -> tuple[object, ...]:
-    return (os.getpid(), s.storage_url, s.s3_endpoint_url, s.s3_region, s.s3_access_key_id,
+    return (s.storage_url, s.s3_endpoint_url, s.s3_region, s.s3_access_key_id,
             s.s3_secret_access_key, s.s3_public_read, s.s3_multipart_mb, s.cdn_url,
             s.cache_control, s.io_threads)
 
@@ -123,14 +112,7 @@ def _cache_key(s: Settings) -> tuple[object, ...]:
 def open_store(settings: Settings | None = None) -> BlobStore:
     """The store FARM_STORAGE_URL names; boto3 is imported only when it is s3://."""
     s = settings or get_settings()
-    key = _cache_key(s)
-    store = _stores.get(key)
-    if store is None:
-        with _lock:
-            store = _stores.get(key)
-            if store is None:
-                store = _stores[key] = _build(s)
-    return store
+    return _stores.get(_cache_key(s), lambda: _build(s))
 
 
 def _build(s: Settings) -> BlobStore:

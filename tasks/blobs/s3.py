@@ -23,9 +23,9 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
 from config.settings import Settings
-from tasks.backoff import parse_retry_after
 from tasks.blobs.base import BlobInfo, BlobNotFound, check_key, clean_metadata, public_url
-from tasks.errors import PermanentError, TransientError
+from tasks.core.backoff import parse_retry_after
+from tasks.core.errors import PermanentError, TransientError
 
 MIB = 1024 * 1024
 MIN_PART = 5 * MIB  # S3's smallest allowed part (but the last)

@@ -17,8 +17,8 @@ from typing import Any, TextIO
 
 import redis
 
-from schedules.batch import JOBS, BatchJob, get_job, run_job
-from schedules.lock import LockLost
+from schedules.batch import JOBS, Scheduled, get_job
+from tasks.core.jobs import LockLost, run_job
 
 EPILOG = """exit status:
   0  the job ran, or was skipped because another run of it holds its lock
@@ -32,13 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("batch", help="run a batch job now (as beat would), or list them",
                        description="Run a batch job in-process, under the lock its beat task "
                        "takes.\n\njobs:\n" + "\n".join(
-                           f"  {j.name:<18} {when(j):<10} {j.description}"
+                           f"  {j.name:<18} {when(j):<10} {j.job.description}"
                            for j in JOBS.values()),
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", nargs="?", metavar="NAME", help=f"one of {', '.join(JOBS)}")
     p.add_argument("users", nargs="*", metavar="USER_ID",
                    help="user ids, for the jobs that take them ("
-                   f"{', '.join(j.name for j in JOBS.values() if j.takes_users)})")
+                   f"{', '.join(j.name for j in JOBS.values() if j.job.takes_users)})")
     p.add_argument("--list", action="store_true",
                    help="list the jobs with their periods (or \"on demand\")")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -53,7 +53,7 @@ def every(period: timedelta) -> str:
     return f"{secs}s"
 
 
-def when(job: BatchJob) -> str:
+def when(job: Scheduled) -> str:
     """``every 1h``, or ``on demand`` for a job beat never runs."""
     return "on demand" if job.period is None else f"every {every(job.period)}"
 
@@ -136,13 +136,14 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         width = max(map(len, JOBS))
         for job in JOBS.values():
-            print(f"{job.name:<{width}}  {when(job):<10} {job.task:<24} {job.description}")
+            print(f"{job.name:<{width}}  {when(job):<10} {job.job.task:<24} "
+                  f"{job.job.description}")
         return 0
     if not args.name:
         print(f"farm batch: name a job ({', '.join(JOBS)}) or pass --list", file=sys.stderr)
         return 2
     try:
-        job = get_job(args.name)
+        job = get_job(args.name).job
     except ValueError as exc:
         print(f"farm batch: {exc}", file=sys.stderr)
         return 2
@@ -160,14 +161,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"farm batch: {exc}{usage}", file=sys.stderr)
         return 2
 
-    from config.redis import data_redis
     from config.settings import get_settings
+    from tasks.core.redis import data_redis
 
     # With --json, stdout carries the one JSON object alone: plain progress lines go to stderr.
     progress = (BarProgress(job.name, sys.stderr) if sys.stdout.isatty()
                 else LineProgress(job.name, sys.stderr if args.json else sys.stdout))
     try:
-        result = run_job(job.name, data_redis(), get_settings(), progress, users)
+        result = run_job(job, data_redis(), get_settings(), progress, users)
     except (redis.RedisError, LockLost) as exc:
         progress.close()
         print(f"farm batch: {job.name} failed: {exc}", file=sys.stderr)

@@ -24,6 +24,8 @@ def run(args: argparse.Namespace) -> int:
     state = s.state_dir.resolve()
     state.mkdir(parents=True, exist_ok=True)
     from config.celery_app import app
+    from schedules.beat import install
 
+    install(app, s)
     return app.start(["beat", "--schedule", str(state / SCHEDULE_FILE),
                       "--loglevel", s.log_level.upper()]) or 0

@@ -9,9 +9,9 @@ import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 
-from config.redis import data_redis
 from config.settings import get_settings
-from tasks.deadletter import DeadLetter, DeadLetterStore
+from tasks.core.deadletter import DeadLetter, DeadLetterStore
+from tasks.core.redis import data_redis
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tasks.feed_store import feed_store
+    from tasks.feeds.store import feed_store
 
     store = feed_store()
     if args.action == "show":
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"farm feeds: {exc}", file=sys.stderr)
             return 2
         return 0
-    from tasks.feed_rebalance import rebalance
+    from tasks.feeds.rebalance import rebalance
 
     moved = rebalance(store, progress=lambda shard, n: print(f"shard {shard}: {n} moved"))
     print(f"rebalanced: {moved} feed key(s) moved")

@@ -38,7 +38,8 @@ def upload(args: argparse.Namespace) -> int:
     content_type = mimetypes.guess_type(args.path.name)[0] or "application/octet-stream"
     share_to = [n for n in args.share_to.split(",") if n]
     try:  # validate before storing anything
-        enqueue.validate_photo_uploaded(args.id, args.owner, key, args.caption, share_to)
+        enqueue.message("photos.process", photo_id=args.id, owner_id=args.owner,
+                        original_key=key, caption=args.caption, share_to=share_to)
     except ValueError as exc:
         print(f"farm photo: {exc}", file=sys.stderr)
         return 2
@@ -51,9 +52,9 @@ def upload(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.action == "upload":
         return upload(args)
-    from config.redis import data_redis
     from config.settings import get_settings
-    from tasks.photo_records import PhotoRecords
+    from tasks.core.redis import data_redis
+    from tasks.photos.records import PhotoRecords
 
     record = PhotoRecords(data_redis(), get_settings()).get(args.id)
     if record is None:

@@ -19,8 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tasks import timing
-    from tasks.imaging import ImageRefused, make_variants, variant_specs
+    from tasks.core import timing
+    from tasks.photos.imaging import ImageRefused, make_variants, variant_specs
 
     s = get_settings()
     try:

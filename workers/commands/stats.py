@@ -8,10 +8,10 @@ import json
 import redis
 
 from config.queues import QUEUES
-from config.redis import data_redis
 from config.settings import Settings, get_settings
-from tasks.deadletter import DeadLetterStore
-from workers import metrics
+from tasks.core import metrics
+from tasks.core.deadletter import DeadLetterStore
+from tasks.core.redis import data_redis
 
 
 def register(sub: argparse._SubParsersAction) -> None:

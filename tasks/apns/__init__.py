@@ -1,8 +1,0 @@
-"""APNs: the apps we push for, the farm-wide provider token, and the one HTTP/2 adapter.
-
-    from tasks.apns import client, token
-    from tasks.apns.apps import get_app
-
-    app = get_app("com.example.photos")
-    results = client.send_many(app, [client.PushRequest(device_token, payload)])
-"""

@@ -1,0 +1,202 @@
+"""The one decorator every farm task goes through (warehouse's habit).
+
+It adds, around a plain function:
+- the argument check at the task's entry (tasks/core/validation.py, the same the enqueue API
+  runs): a message with a bad argument fails permanently at once, naming it;
+- the retry policy declared at the task: ``transient`` errors retry with exponential backoff and
+  full jitter (honouring Retry-After), ``permanent`` ones fail at once; an error the task did not
+  declare is a bug and is not retried either (no retry storms);
+- a cap on redeliveries: a message whose process died under it ``max_deliveries`` times is
+  dead-lettered instead of taking down another worker;
+- the dead-letter record for every task that fails for good;
+- one timing line per task with its phases, and counters in the data Redis.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import redis
+from celery import Task
+from celery.exceptions import Retry, SoftTimeLimitExceeded
+
+from config.celery_app import app
+from config.queues import queue_for
+from config.settings import get_settings
+from tasks.core import metrics, timing, validation
+from tasks.core.backoff import retry_delay
+from tasks.core.deadletter import DeadLetter, DeadLetterStore
+from tasks.core.errors import PermanentError, TransientError
+from tasks.core.redis import data_redis
+
+log = logging.getLogger("farm.task")
+
+F = TypeVar("F", bound=Callable[..., Any])
+ErrorTypes = tuple[type[BaseException], ...]
+
+# Errors every task may retry: the data Redis blinking, or the task running out of its time.
+ALWAYS_TRANSIENT: ErrorTypes = (
+    TransientError,
+    SoftTimeLimitExceeded,
+    redis.ConnectionError,
+    redis.TimeoutError,
+)
+
+
+class FarmTask(Task):
+    """Base of every farm task. Configure through :func:`farm_task`, not by subclassing."""
+
+    transient: ErrorTypes = ()
+    permanent: ErrorTypes = ()
+    typing = True  # Celery checks call signatures at enqueue time
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        req = self.request
+        if req.called_directly:  # a plain call from Python code: no broker, no policy
+            return self.run(*args, **kwargs)
+        s = get_settings()
+        started = time.perf_counter()
+        outcome = "ok"
+        with timing.collect() as phases:
+            try:
+                deliveries = self._count_delivery()
+                if deliveries > s.max_deliveries:
+                    outcome = "deadletter"
+                    self._dead_letter(
+                        "redelivered",
+                        f"WorkerLost: started {deliveries - 1} times and never finished; its "
+                        "process died each time (killed, out of memory or crashed)",
+                        "",
+                    )
+                    return None
+                checked = validation.check(self.name, args, kwargs)
+                return self.run(**checked)
+            except Retry:
+                outcome = "retry"
+                raise
+            except BaseException as exc:
+                delay = self._retry_delay(exc)
+                if delay is None:
+                    outcome = "deadletter"
+                    kind = self.classify(exc)
+                    reason = "exhausted" if kind == "transient" else kind
+                    self._dead_letter(reason, _one_line(exc), traceback.format_exc())
+                    raise
+                outcome = "retry"
+                log.warning("task=%s id=%s retry=%d/%d in=%.2fs error=%s", self.name, req.id,
+                            req.retries + 1, self.max_retries, delay, _one_line(exc))
+                raise self.retry(exc=exc, countdown=delay, max_retries=self.max_retries) from exc
+            finally:
+                total = (time.perf_counter() - started) * 1000
+                self._report(outcome, total, phases)
+
+    def _retry_delay(self, exc: BaseException) -> float | None:
+        """Seconds until the retry of a transient error, or None when it must not retry."""
+        req = self.request
+        if self.classify(exc) != "transient" or req.retries >= self.max_retries:
+            return None
+        s = get_settings()
+        return retry_delay(req.retries, s.retry_base_delay, s.retry_max_delay,
+                           getattr(exc, "retry_after", None))
+
+    def classify(self, exc: BaseException) -> str:
+        """permanent (declared, or PermanentError), transient (declared), or error (a bug)."""
+        if isinstance(exc, (PermanentError, self.permanent)):
+            return "permanent"
+        if isinstance(exc, (ALWAYS_TRANSIENT, self.transient)):
+            return "transient"
+        return "error"
+
+    def _count_delivery(self) -> int:
+        req = self.request
+        if req.is_eager:
+            return 1
+        s = get_settings()
+        key = s.key("deliveries", req.id, req.retries)
+        pipe = data_redis().pipeline(transaction=False)
+        pipe.incr(key)
+        # Redeliveries come a visibility timeout apart; keep the count for all of them.
+        pipe.expire(key, s.visibility_timeout * (s.max_deliveries + 2))
+        count, _ = pipe.execute()
+        return int(count)
+
+    def _dead_letter(self, reason: str, error: str, tb: str) -> None:
+        req = self.request
+        delivery = req.delivery_info or {}
+        entry = DeadLetter(
+            id=req.id or "",
+            task=self.name,
+            queue=delivery.get("routing_key") or queue_for(self.name),
+            args=list(req.args or ()),
+            kwargs=dict(req.kwargs or {}),
+            reason=reason,
+            error=error,
+            traceback=tb,
+            attempts=req.retries + 1,
+            replays=int(getattr(req, "farm_replays", None) or 0),
+        )
+        DeadLetterStore(data_redis(), get_settings()).record(entry)
+        log.error("task=%s id=%s deadletter reason=%s attempts=%d error=%s", self.name, req.id,
+                  reason, entry.attempts, error)
+
+    def _report(self, outcome: str, total_ms: float, phases: dict[str, float]) -> None:
+        req = self.request
+        log.info("task=%s id=%s status=%s attempt=%d total=%.0fms %s", self.name, req.id,
+                 outcome, req.retries + 1, total_ms, timing.format_phases(phases))
+        try:
+            pipe = data_redis().pipeline(transaction=False)
+            metrics.record(pipe, get_settings(), self.name, outcome, total_ms)
+            pipe.execute()
+        except redis.RedisError as exc:  # counters are not worth failing a finished task over
+            log.warning("metrics not recorded: %s", _one_line(exc))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def farm_task(
+    name: str,
+    *,
+    transient: ErrorTypes = (),
+    permanent: ErrorTypes = (),
+    max_retries: int | None = None,
+    **options: Any,
+) -> Callable[[F], F]:
+    """Declare a farm task by its stable name; its queue comes from config/queues.py.
+
+    ``transient`` errors are retried, ``permanent`` ones are not (permanent wins when an error is
+    both); anything else is treated as a bug: dead-lettered at once for an operator to replay.
+    """
+    queue_for(name)  # a task without a route is a start-up error, not a silent default queue
+    checker = validation.checker_for(name)  # and so is one without an argument check
+
+    def wrap(fn: F) -> F:
+        _same_parameters(name, fn, checker)
+        return app.task(  # type: ignore[no-any-return]
+            name=name,
+            base=FarmTask,
+            transient=tuple(transient),
+            permanent=tuple(permanent),
+            max_retries=get_settings().retry_max if max_retries is None else max_retries,
+            **options,
+        )(fn)
+
+    return wrap
+
+
+def _same_parameters(name: str, fn: Callable[..., Any], checker: Callable[..., Any]) -> None:
+    """The task and its checker take the same arguments, or the farm does not start."""
+    def shape(f: Callable[..., Any]) -> list[tuple[str, bool]]:
+        return [(p.name, p.default is inspect.Parameter.empty)
+                for p in inspect.signature(f).parameters.values()]
+
+    if shape(fn) != shape(checker):
+        raise TypeError(f"task {name}: parameters {shape(fn)} differ from its checker's "
+                        f"{shape(checker)} in tasks/core/validation.py")

@@ -1,0 +1,21 @@
+"""The data Redis client: one connection pool per process and URL, made after fork."""
+
+from __future__ import annotations
+
+import redis
+
+from config.settings import get_settings
+from tasks.core.process_local import ProcessLocal
+
+_clients: ProcessLocal[str, redis.Redis] = ProcessLocal("data redis clients")
+
+
+def data_redis(url: str | None = None) -> redis.Redis:
+    """A decoded-string client for the farm's own bookkeeping (dead letters, markers, metrics)."""
+    url = url or get_settings().redis_url
+    return _clients.get(url, lambda: redis_client(url))
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A new decoded-string client (feed shards, and data_redis' own)."""
+    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)

@@ -1,0 +1,46 @@
+"""Redis Lua scripts, each kept in a ``.lua`` file beside the domain that owns it.
+
+A :class:`Script` names its file; the source is read once per process and registered once per
+client (``register_script``), so every call is an EVALSHA and redis-py reloads the script by
+itself after a server restart (NOSCRIPT). Scripts are whole files: never assembled from pieces.
+A file may hold several related entry points, chosen by its first argument, where they share
+helpers (Lua in Redis has no imports).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import redis
+from redis.client import Pipeline
+from redis.commands.core import Script as RedisScript
+
+from tasks.core.process_local import ProcessLocal
+
+_registered: ProcessLocal[tuple[int, str], RedisScript] = ProcessLocal("registered scripts")
+
+
+class Script:
+    """One ``.lua`` file of a package: ``Script(__package__, "trim.lua")``."""
+
+    def __init__(self, package: str | None, filename: str) -> None:
+        if not package:
+            raise ValueError("Script needs the owning package (pass __package__)")
+        self.package, self.filename = package, filename
+        self.source = resources.files(package).joinpath(filename).read_text(encoding="utf-8")
+
+    def on(self, client: redis.Redis) -> RedisScript:
+        """This script registered on ``client`` (once: the registration holds its client, so a
+        cached client id is never reused while it lives)."""
+        return _registered.get((id(client), self.filename + "@" + self.package),
+                               lambda: client.register_script(self.source))
+
+    def __call__(self, client: redis.Redis, keys: Sequence[Any] = (), args: Sequence[Any] = (),
+                 pipe: Pipeline | None = None) -> Any:
+        """Run it on ``client`` (EVALSHA), or queue it on ``pipe`` (a pipeline of ``client``)."""
+        return self.on(client)(keys=list(keys), args=list(args), client=pipe)
+
+    def __repr__(self) -> str:
+        return f"Script({self.package}/{self.filename})"

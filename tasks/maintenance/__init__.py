@@ -1,0 +1,1 @@
+"""batch.*: the farm's own upkeep (dead-letter report, sweep)."""

@@ -1,0 +1,1 @@
+"""photos.*: uploaded originals into the variants the apps show, stored and recorded."""

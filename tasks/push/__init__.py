@@ -1,0 +1,1 @@
+"""push.*: Apple push notifications over APNs' HTTP/2 provider API."""

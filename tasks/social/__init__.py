@@ -1,0 +1,1 @@
+"""social.*: cross-posting photos to the networks their owners chose."""

@@ -1,0 +1,10 @@
+"""social.*: cross-post a photo to the networks its owner chose (the social issue's work)."""
+
+from __future__ import annotations
+
+from tasks.core.base import farm_task
+
+
+@farm_task("social.crosspost")
+def crosspost(photo_id: int, owner_id: int, network: str, caption: str = "") -> None:
+    """Post the photo to one network, once."""

@@ -1,0 +1,1 @@
+"""webhooks.*: signed POSTs to real-time subscribers of new photos."""

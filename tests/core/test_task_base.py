@@ -1,0 +1,62 @@
+"""The task base's policy as plain logic: classification, phases, the dead-letter record."""
+
+from __future__ import annotations
+
+import time
+
+import botocore.exceptions
+import pytest
+import redis
+
+from config.settings import get_settings
+from tasks.core import timing
+from tasks.core.base import FarmTask
+from tasks.core.deadletter import DeadLetterStore
+from tasks.core.errors import PermanentError, TransientError
+from tasks.diagnostics.tasks import flaky as flaky_task
+
+
+class Throttled(Exception):
+    pass
+
+
+class BadInput(Throttled):
+    """A subclass of a transient error that is declared permanent: permanent wins."""
+
+
+class Probe(FarmTask):
+    """A task class declared like farm_task declares one, not registered with the app."""
+
+    name = "probe"
+    transient = (Throttled,)
+    permanent = (BadInput,)
+
+
+def test_classification_follows_the_declaration() -> None:
+    task = Probe()
+    assert task.classify(TransientError("x")) == "transient"
+    assert task.classify(Throttled()) == "transient"
+    assert task.classify(redis.ConnectionError()) == "transient"
+    assert task.classify(BadInput()) == "permanent"
+    assert task.classify(PermanentError("x")) == "permanent"
+    assert task.classify(KeyError("bug")) == "error"
+    assert task.classify(botocore.exceptions.ClientError({}, "op")) == "error"
+
+
+def test_phases_are_timed_inside_a_task_only() -> None:
+    with timing.phase("outside"):
+        pass  # no task: nothing collected, nothing raised
+    with timing.collect() as phases:
+        with timing.phase("fetch"):
+            time.sleep(0.01)
+        with timing.phase("fetch"):
+            pass
+    assert list(phases) == ["fetch"] and phases["fetch"] >= 10
+    assert timing.format_phases({"fetch": 3.4, "thumb": 48.0}) == "fetch=3ms thumb=48ms"
+
+
+def test_a_plain_call_runs_the_function_without_the_policy(data: redis.Redis) -> None:
+    data.delete("farm:diag:plain:runs")
+    with pytest.raises(PermanentError):  # the error reaches the caller, untouched
+        flaky_task("plain", fail_times=1, mode="permanent")
+    assert DeadLetterStore(data, get_settings()).count() == 0  # plain calls are not recorded
