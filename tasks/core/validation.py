@@ -1,5 +1,6 @@
 """Every message's arguments, checked once: by the enqueue API before it sends, and by the task
-base at the entry of every task, with the same limits on both sides.
+base at the entry of every task, with the same limits on both sides. Long because it is the one
+place: every limit and every task's checker, side by side.
 
 Each task name has one checker here, a function with the task's own signature that returns the
 arguments normalised (:data:`MESSAGES`). ``check(name, args, kwargs)`` binds a message to it.

@@ -20,13 +20,11 @@ run exactly the same code. The order of work is chosen for speed without giving 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import simplejpeg
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
@@ -34,6 +32,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from config.settings import Settings
 from tasks.core import timing
 from tasks.core.errors import PermanentError
+from tasks.photos.colour import srgb_transform
 
 # Formats phones and browsers upload (MPO arrives through the JPEG opener). Everything else
 # (TIFF, PSD, EPS, ...) is refused: each decoder is attack surface, and nobody posts a photo as a
@@ -256,40 +255,6 @@ def finish(im: Image.Image, icc: bytes | None, exif: bytes | None) -> Image.Imag
         im.info["exif"] = exif
         ImageOps.exif_transpose(im, in_place=True)
     return im
-
-
-_SRGB = ImageCms.createProfile("sRGB")
-
-
-def srgb_transform(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
-    """A cached transform from the embedded profile to sRGB; None when it is sRGB already or
-    unusable (a broken profile is not worth refusing a photo over: the pixels are converted
-    without it)."""
-    return _transform(hashlib.sha1(icc).digest(), icc, mode)
-
-
-@lru_cache(maxsize=32)
-def _transform(digest: bytes, icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
-    try:
-        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        transform = ImageCms.buildTransform(profile, _SRGB, mode, "RGB",
-                                            renderingIntent=ImageCms.Intent.PERCEPTUAL)
-    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
-        return None
-    if mode == "RGB" and _is_identity(transform):
-        return None  # sRGB already, whatever its name says: skip the work
-    return transform
-
-
-# Black, white, grey, the primaries and two mixed colours: a profile that maps all of them to
-# themselves (within rounding) is sRGB for every purpose here.
-_PROBE = Image.frombytes("RGB", (8, 1), bytes([0, 0, 0, 255, 255, 255, 128, 128, 128, 255, 0, 0,
-                                               0, 255, 0, 0, 0, 255, 64, 160, 32, 200, 100, 220]))
-
-
-def _is_identity(transform: ImageCms.ImageCmsTransform) -> bool:
-    out = ImageCms.applyTransform(_PROBE, transform)
-    return all(abs(a - b) <= 2 for a, b in zip(out.tobytes(), _PROBE.tobytes(), strict=True))
 
 
 def encode(name: str, im: Image.Image, quality: int) -> Rendered:

@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tasks.push.apns import hpack_codec
-from tasks.push.apns.http2 import (
+from tasks.push.apns.frames import (
     ACK,
     COMPRESSION_ERROR,
     CONTINUATION,
@@ -64,7 +64,7 @@ from tasks.push.apns.http2 import (
     header_fragment,
     split_frames,
 )
-from tasks.push.apns.http2 import frame as _frame
+from tasks.push.apns.frames import frame as _frame
 from workers.embedded_redis import free_port
 
 # Apple's limits, with where they come from.

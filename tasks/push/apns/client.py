@@ -32,8 +32,9 @@ from tasks.core.backoff import parse_retry_after
 from tasks.core.errors import TransientError
 from tasks.core.process_local import ProcessLocal
 from tasks.push.apns.apps import App
+from tasks.push.apns.frames import Response
 from tasks.push.apns.hpack_codec import indexed, literal
-from tasks.push.apns.http2 import Http2Connection, Response
+from tasks.push.apns.http2 import Http2Connection
 from tasks.push.apns.token import get_token
 
 # Streams in flight per connection, at most: Apple advertises 1000, and the server's own

@@ -1,0 +1,47 @@
+"""The conformance tests' servers: a throwaway CA, our client's TLS context, and ``serve``, which
+starts scriptable h2 servers (h2_server.py) and stops them after the test."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from tests.push.apns.h2_server import H2Server
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def ca_pem(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("h2-conformance") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tls(ca_pem: Path) -> ssl.SSLContext:
+    """Our side's context, as client.py makes it."""
+    context = ssl.create_default_context(cafile=str(ca_pem))
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
+@pytest.fixture
+def serve(ca: trustme.CA) -> Iterator[Callable[..., H2Server]]:
+    servers: list[H2Server] = []
+
+    def start(**kw: Any) -> H2Server:
+        servers.append(H2Server(ca, **kw))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
