@@ -2,8 +2,8 @@
 
     python -m bench.fanout [--followers N]      (or: farm bench fanout)
 
-1. Followers written per second by one chunk-writing process (tasks.fanout.write_chunk over every
-   chunk of an N-follower owner, N = 1M by default), beside redis-benchmark's pipelined LPUSH
+1. Followers written per second by one chunk-writing process (tasks.feeds.fanout.write_chunk over
+   every chunk of an N-follower owner, N = 1M by default), beside redis-benchmark's pipelined LPUSH
    rate (`redis-benchmark -t lpush -P 100`) against the same server, and the ratio.
 2. The time for one N-follower post to reach every feed through the real farm: enqueue
    feeds.fanout, real `farm worker` processes (feed and batch profiles, one prefork process per

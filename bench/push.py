@@ -3,10 +3,10 @@
     python -m bench.push [--batch N] [--rounds R] [--single N]      (or: farm bench push)
 
 Notifications per second from this one process to a local APNs stand-in through the farm's own
-adapter (tasks.apns.client, public API only): ``send_many`` with a batch of N requests in flight
-at once, beside ``send`` one request at a time, same process, same connection, same run. Rounds
-alternate the two so a drift in machine speed hits both; the medians are compared. Goal: >=
-10,000 notifications/s from one process.
+adapter (tasks.push.apns.client, public API only): ``send_many`` with a batch of N requests in
+flight at once, beside ``send`` one request at a time, same process, same connection, same run.
+Rounds alternate the two so a drift in machine speed hits both; the medians are compared. Goal:
+>= 10,000 notifications/s from one process.
 
 Starts everything it needs, with no configuration: an embedded Redis (the provider token lives
 there, as in the farm), and the stand-in from tests/support/apns_standin.py in a separate, spawned

@@ -1,1 +1,2 @@
-"""What the farm does: one module per job kind, the shared task base, and the enqueue API."""
+"""What the farm does: one package per domain (thin tasks.py over plain modules), the shared
+machinery in core/, the blob store, and enqueue.py, the web tier's API."""

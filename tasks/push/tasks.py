@@ -1,4 +1,4 @@
-"""push.*: Apple push notifications over APNs' HTTP/2 provider API (see tasks/push_send.py)."""
+"""push.*: Apple push notifications over APNs' HTTP/2 provider API (the work: send.py)."""
 
 from __future__ import annotations
 

@@ -470,8 +470,8 @@ class ApnsStandin:
 
 
 # HTTP/2 (RFC 9113), just what a provider connection needs, on the farm's own frame constants
-# (tasks/apns/http2.py). The h2 package's state machines cost ~0.2 ms a request, twice the whole
-# budget at 10,000 requests/s.
+# (tasks/push/apns/frames.py). The h2 package's state machines cost ~0.2 ms a request, twice the
+# whole budget at 10,000 requests/s.
 MAX_FRAME = 16384  # SETTINGS_MAX_FRAME_SIZE, left at its default
 STREAM_WINDOW = 1 << 20  # what each request stream may send before we replenish it
 CONNECTION_WINDOW = 1 << 24
