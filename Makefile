@@ -23,6 +23,8 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 unit: $(STAMP)
@@ -30,6 +32,8 @@ unit: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/ruff format --check .
 
 bench: $(STAMP)
@@ -39,4 +43,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.push
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache *.egg-info

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 REPO = Path(__file__).resolve().parents[1]  # tests/support/apns_standin.py lives in it
 STARTUP_TIMEOUT = 60.0
@@ -23,6 +23,15 @@ STARTUP_TIMEOUT = 60.0
 
 class BenchFailure(Exception):
     """The run cannot give a figure; the message says why."""
+
+
+class Tally(TypedDict):
+    """The stand-in's answer to "tally": what it received since the last one."""
+
+    cpu: float  # the stand-in process's CPU seconds so far
+    received: int  # requests
+    failed: Counter[tuple[int, str | None]]  # (status, reason) of the answers other than 200
+    connections: int  # TLS connections that settled on h2, so far
 
 
 def serve_standin(conn: Connection, directory: str) -> None:
@@ -53,9 +62,9 @@ def serve_standin(conn: Connection, directory: str) -> None:
                 break
             cpu = time.process_time()
             seen = standin.received()
-            conn.send({"cpu": cpu, "received": len(seen),
-                       "failed": Counter((r.status, r.reason) for r in seen if r.status != 200),
-                       "connections": standin.connections_made})
+            conn.send(Tally(cpu=cpu, received=len(seen),
+                            failed=Counter((r.status, r.reason) for r in seen if r.status != 200),
+                            connections=standin.connections_made))
             # Forget the records (they would grow with every round), keep the key.
             standin.reset()
             standin.register(key.key_id, key.team_id, public, {key.topic})
@@ -94,12 +103,12 @@ class Standin:
         self.cpu = self.tally()["cpu"]
         self.received = self.connections = 0  # counted by check()
 
-    def tally(self) -> dict[str, Any]:
+    def tally(self) -> Tally:
         """What the stand-in received since the last tally (then forgotten), and its CPU time."""
         self.conn.send("tally")
         if not self.conn.poll(30):
             raise BenchFailure("the APNs stand-in stopped answering")
-        return dict(self.conn.recv())
+        return cast(Tally, dict(self.conn.recv()))  # unpickled: the child sent a Tally
 
     def check(self, phase: str, sent: int) -> float:
         """Every request of the phase arrived and was answered 200; the stand-in's CPU seconds."""

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 from kombu import Exchange, Queue
 
 from config.queues import QUEUES, celery_routes
 from config.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from celery.result import AsyncResult
 
 # Worker-side task modules: each domain's tasks.py (named, not imported: config depends on
 # nothing of ours). Heavy libraries (Pillow, boto3, ...) are imported inside the functions that
@@ -80,7 +84,9 @@ class FarmCelery(Celery):
 
     strict_arg_bytes: int | None = None
 
-    def send_task(self, name: str, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+    def send_task(self, name: str, args: Sequence[Any] | None = None,
+                  kwargs: dict[str, Any] | None = None, *more: Any,
+                  **options: Any) -> AsyncResult[Any]:
         # send_task cannot see a task's ignore_result, so without this the result backend
         # subscribes to every sent task's result channel; the few that want results say so.
         options.setdefault("ignore_result", True)
@@ -88,10 +94,10 @@ class FarmCelery(Celery):
             from config.messages import check_small_json
 
             check_small_json(name, args or (), kwargs or {}, self.strict_arg_bytes)
-        return super().send_task(name, args, kwargs, **options)
+        return super().send_task(name, args, kwargs, *more, **options)
 
 
-def make_app(s: Settings | None = None) -> Celery:
+def make_app(s: Settings | None = None) -> FarmCelery:
     s = s or get_settings()
     celery = FarmCelery("photofarm", set_as_current=True)
     celery.conf.update(celery_config(s))

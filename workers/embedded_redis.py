@@ -65,15 +65,15 @@ class EmbeddedRedis:
                 preexec_fn=_die_with_parent,
             )
             self.port = port
-            if self._wait_ready(timeout):
+            if self._wait_ready(port, timeout):
                 return self
             self._kill()
             if requested:
                 break
         raise RuntimeError(f"embedded Redis did not start; see {self.dir / 'server.log'}")
 
-    def _wait_ready(self, timeout: float) -> bool:
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
+    def _wait_ready(self, port: int, timeout: float) -> bool:
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:

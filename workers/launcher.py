@@ -65,8 +65,8 @@ class WorkerProcess:
 
     def signal_stop(self) -> None:
         """SIGTERM once: Celery's warm shutdown (running tasks finish, the rest is requeued)."""
-        if self.alive() and not self._stopping:
-            self.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        if self.proc is not None and self.alive() and not self._stopping:
+            self.proc.send_signal(signal.SIGTERM)
             self._stopping = True
 
     def terminate(self, timeout: float = 30.0) -> int:

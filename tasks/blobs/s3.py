@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import quote, urlsplit
 
 import boto3
@@ -44,6 +44,11 @@ _TRANSIENT_CODES = frozenset({
 _NETWORK_ERRORS = (bexc.ConnectionError, bexc.HTTPClientError, bexc.IncompleteReadError)
 
 
+class _Credentials(TypedDict, total=False):
+    aws_access_key_id: str
+    aws_secret_access_key: str
+
+
 def make_client(s: Settings) -> Any:
     """A new client; call it after fork (open_store does), never share one across processes."""
     custom = bool(s.s3_endpoint_url)
@@ -63,7 +68,7 @@ def make_client(s: Settings) -> Any:
         request_checksum_calculation="when_required" if custom else "when_supported",
         response_checksum_validation="when_required" if custom else "when_supported",
     )
-    creds: dict[str, str] = {}
+    creds: _Credentials = {}
     if s.s3_access_key_id and s.s3_secret_access_key:  # else the standard AWS chain
         creds = {"aws_access_key_id": s.s3_access_key_id,
                  "aws_secret_access_key": s.s3_secret_access_key}

@@ -23,7 +23,7 @@ def retry_delay(
     the same millisecond. Nothing waits longer than ``cap``, which settings keep inside the
     broker's visibility timeout.
     """
-    ceiling = min(cap, base * (2 ** min(retries, 32)))
+    ceiling: float = min(cap, base * (2 ** min(retries, 32)))
     delay = rand() * ceiling
     if retry_after is not None and retry_after > 0:
         delay = retry_after + rand() * min(base, cap)

@@ -19,7 +19,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import redis
 from celery import Task
@@ -36,7 +36,8 @@ from tasks.core.redis import data_redis
 
 log = logging.getLogger("farm.task")
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 ErrorTypes = tuple[type[BaseException], ...]
 
 # Errors every task may retry: the data Redis blinking, or the task running out of its time.
@@ -48,12 +49,13 @@ ALWAYS_TRANSIENT: ErrorTypes = (
 )
 
 
-class FarmTask(Task):
+class FarmTask(Task[P, R]):
     """Base of every farm task. Configure through :func:`farm_task`, not by subclassing."""
 
     transient: ErrorTypes = ()
     permanent: ErrorTypes = ()
     typing = True  # Celery checks call signatures at enqueue time
+    max_retries: int  # farm_task always sets it: Celery's None (retry for ever) is never used
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         req = self.request
@@ -75,7 +77,8 @@ class FarmTask(Task):
                     )
                     return None
                 checked = validation.check(self.name, args, kwargs)
-                return self.run(**checked)
+                run: Callable[..., R] = self.run  # called with the checked arguments, by name
+                return run(**checked)
             except Retry:
                 outcome = "retry"
                 raise
@@ -90,7 +93,9 @@ class FarmTask(Task):
                 outcome = "retry"
                 log.warning("task=%s id=%s retry=%d/%d in=%.2fs error=%s", self.name, req.id,
                             req.retries + 1, self.max_retries, delay, _one_line(exc))
-                raise self.retry(exc=exc, countdown=delay, max_retries=self.max_retries) from exc
+                raise self.retry(
+                    exc=exc,  # type: ignore[arg-type]  # celery-types: Exception; Celery takes any
+                    countdown=delay, max_retries=self.max_retries) from exc
             finally:
                 total = (time.perf_counter() - started) * 1000
                 self._report(outcome, total, phases)
@@ -168,7 +173,7 @@ def farm_task(
     permanent: ErrorTypes = (),
     max_retries: int | None = None,
     **options: Any,
-) -> Callable[[F], F]:
+) -> Callable[[Callable[P, R]], FarmTask[P, R]]:
     """Declare a farm task by its stable name; its queue comes from config/queues.py.
 
     ``transient`` errors are retried, ``permanent`` ones are not (permanent wins when an error is
@@ -177,16 +182,18 @@ def farm_task(
     queue_for(name)  # a task without a route is a start-up error, not a silent default queue
     checker = validation.checker_for(name)  # and so is one without an argument check
 
-    def wrap(fn: F) -> F:
+    def wrap(fn: Callable[P, R]) -> FarmTask[P, R]:
         _same_parameters(name, fn, checker)
-        return app.task(  # type: ignore[no-any-return]
+        # app.task's overloads cannot be told apart with **options: its result is Any until here
+        make: Callable[[Callable[P, R]], FarmTask[P, R]] = app.task(
             name=name,
             base=FarmTask,
             transient=tuple(transient),
             permanent=tuple(permanent),
             max_retries=get_settings().retry_max if max_retries is None else max_retries,
             **options,
-        )(fn)
+        )
+        return make(fn)
 
     return wrap
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -57,18 +57,18 @@ class DeadLetterStore:
     def ids(self, limit: int | None = None, newest_first: bool = True) -> list[str]:
         end = -1 if limit is None else limit - 1
         if newest_first:
-            return list(self.r.zrevrange(self.index, 0, end))
-        return list(self.r.zrange(self.index, 0, end))
+            return list(cast("list[str]", self.r.zrevrange(self.index, 0, end)))
+        return list(cast("list[str]", self.r.zrange(self.index, 0, end)))
 
     def list(self, limit: int = 50) -> list[DeadLetter]:
         ids = self.ids(limit)
         if not ids:
             return []
-        raws = self.r.hmget(self.items, ids)
+        raws = cast("list[str | None]", self.r.hmget(self.items, ids))
         return [DeadLetter.from_json(raw) for raw in raws if raw]
 
     def get(self, entry_id: str) -> DeadLetter | None:
-        raw = self.r.hget(self.items, entry_id)
+        raw = cast("str | None", self.r.hget(self.items, entry_id))
         return DeadLetter.from_json(raw) if raw else None
 
     def remove(self, entry_id: str) -> bool:
@@ -84,7 +84,7 @@ class DeadLetterStore:
             n = self.count()
             self.r.delete(self.items, self.index)
             return n
-        ids = list(self.r.zrangebyscore(self.index, "-inf", f"({older_than}"))
+        ids = list(cast("list[str]", self.r.zrangebyscore(self.index, "-inf", f"({older_than}")))
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
             pipe = self.r.pipeline(transaction=True)

@@ -7,6 +7,7 @@ round trip per task. Flower shows the live view; these survive restarts and feed
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import cast
 
 import redis
 
@@ -33,11 +34,12 @@ def incr(client: redis.Redis, s: Settings, name: str, amount: int = 1) -> None:
 def read(client: redis.Redis, s: Settings) -> dict[str, dict[str, float]]:
     """task -> {ok, retry, deadletter, ms}."""
     out: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys((*OUTCOMES, "ms"), 0))
-    for field, value in client.hgetall(metrics_key(s)).items():
+    for field, value in cast("dict[str, str]", client.hgetall(metrics_key(s))).items():
         task, _, what = field.rpartition(":")
         out[task][what] = float(value)
     return dict(out)
 
 
 def counters(client: redis.Redis, s: Settings) -> dict[str, int]:
-    return {k: int(v) for k, v in client.hgetall(s.key("metrics", "counters")).items()}
+    raw = cast("dict[str, str]", client.hgetall(s.key("metrics", "counters")))
+    return {k: int(v) for k, v in raw.items()}

@@ -1,4 +1,10 @@
-"""The data Redis client: one connection pool per process and URL, made after fork."""
+"""The data Redis client: one connection pool per process and URL, made after fork.
+
+Every client made here decodes replies (``decode_responses=True``). redis-py 8's ``Redis`` is not
+generic over that: its commands are typed to return ``bytes | str`` whatever the client, so code
+reading a reply as text narrows it with ``cast("str", ...)``, ``cast("list[str]", ...)`` and the
+like at the call; ``cast`` costs nothing at run time.
+"""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import cast
 
 import redis
 
@@ -15,7 +16,7 @@ def hscan(client: redis.Redis, key: str) -> Iterator[dict[str, str]]:
     cursor = 0
     while True:
         cursor, batch = client.hscan(key, cursor, count=SCAN_COUNT)
-        yield batch
+        yield cast("dict[str, str]", batch)
         if cursor == 0:
             return
 
@@ -25,7 +26,7 @@ def scan(client: redis.Redis, match: str) -> Iterator[list[str]]:
     cursor = 0
     while True:
         cursor, batch = client.scan(cursor, match=match, count=SCAN_COUNT)
-        yield batch
+        yield cast("list[str]", batch)
         if cursor == 0:
             return
 

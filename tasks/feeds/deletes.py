@@ -4,6 +4,7 @@ per task on the batch queue. Safe to run twice."""
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 from config.settings import get_settings
 from tasks.core import publish
@@ -44,7 +45,8 @@ def delete_chunk(photo_id: int, owner_id: int, lo: int, hi: int) -> int:
     per feed shard. Returns how many entries went."""
     s = get_settings()
     store = feed_store(s)
-    members = store.graph.zrangebyscore(store.followers_key(owner_id), f"({lo}", hi)
+    members = cast("list[str]",
+                   store.graph.zrangebyscore(store.followers_key(owner_id), f"({lo}", hi))
     removed = 0
     for index, uids in store.by_shard(int(m) for m in members).items():
         shard = store.shards[index]

@@ -155,7 +155,8 @@ def _write_local(store: FeedStore, s: Settings, photo_id: int, keys: list[str],
     entries written, or -1 when it had run already."""
     keys = [*keys, store.marker_key(photo_id, chunk)]
     tail = [photo_id, s.feed_cap, s.marker_ttl, f"{s.key_prefix}:feed:", WRITE_SLICE]
-    after, total = args[0], 0
+    after = args[0]
+    total: int = 0
     while True:
         written, last = FANOUT(store.graph, keys, ["local_slice", after, *args[1:], *tail])
         if written == -2:  # deleted

@@ -6,6 +6,7 @@ meanwhile leaves nothing wrong. Both are safe to run twice."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 
 from config.settings import get_settings
 from tasks.core.scripts import Script
@@ -33,8 +34,8 @@ def backfill(follower_id: int, followee_id: int, *, recheck: bool = True) -> int
     store = feed_store(s)
     if not _follows(store, follower_id, followee_id):
         return 0
-    posts = newest_first(store.graph.lrange(store.posts_key(followee_id), 0,
-                                             s.feed_backfill - 1))
+    posts = newest_first(cast("list[str]", store.graph.lrange(store.posts_key(followee_id), 0,
+                                                              s.feed_backfill - 1)))
     if not posts:
         return 0
     shard = store.shard_for(follower_id)
@@ -56,7 +57,8 @@ def remove_followee(follower_id: int, followee_id: int, *, recheck: bool = True)
     store = feed_store(s)
     if _follows(store, follower_id, followee_id):
         return 0
-    posts = newest_first(store.graph.lrange(store.posts_key(followee_id), 0, s.posts_cap - 1))
+    posts = newest_first(cast("list[str]", store.graph.lrange(store.posts_key(followee_id), 0,
+                                                              s.posts_cap - 1)))
     if not posts:
         return 0
     shard = store.shard_for(follower_id)

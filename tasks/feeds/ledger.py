@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import cast
 
 import redis
 
@@ -55,9 +56,8 @@ def send(store: FeedStore, s: Settings, photo_id: int, owner_id: int,
         return
     now = time.time()
     key = store.pending_key(photo_id)
-    entries = {chunk_name(*chunk): repr(now) for chunk in chunks}
     pipe = store.graph.pipeline(transaction=False)
-    pipe.hset(key, mapping=entries)
+    pipe.hset(key, mapping={chunk_name(*chunk): repr(now) for chunk in chunks})
     pipe.expire(key, s.marker_ttl)
     pipe.zadd(store.pending_index, {f"{photo_id}:{owner_id}": now + s.fanout_sweep_after})
     pipe.execute()
@@ -74,11 +74,11 @@ def resend_stale(client: redis.Redis, s: Settings, progress: Progress = no_progr
     del client  # the ledger lives with the graph, which feed_store knows
     store = feed_store(s)
     now = time.time()
-    due = store.graph.zrangebyscore(store.pending_index, "-inf", now)
+    due = cast("list[str]", store.graph.zrangebyscore(store.pending_index, "-inf", now))
     out = {"posts": 0, "resent": 0, "finished": 0}
     for n, member in enumerate(due, 1):
         photo, owner = (int(x) for x in member.split(":"))
-        listed = store.graph.hgetall(store.pending_key(photo))
+        listed = cast("dict[str, str]", store.graph.hgetall(store.pending_key(photo)))
         if not listed:  # every chunk ran (or the ledger expired) since the index was written
             store.graph.zrem(store.pending_index, member)
             out["finished"] += 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from typing import cast
 
 import redis
 
@@ -48,7 +49,8 @@ def rebuild_feed(user_id: int) -> int:
     # What the feed held before the snapshot: anything else in it at write time landed during.
     before = shard.lrange(feed, 0, -1)
     floor = make_id(int(time.time() * 1000) - REBUILD_MARGIN_MS, 0, 0)
-    following = [int(m) for m in store.graph.zrange(store.following_key(user_id), 0, -1)]
+    following = [int(m) for m in
+                 cast("list[str]", store.graph.zrange(store.following_key(user_id), 0, -1))]
     ids = newest_first(_recent_posts(store, [user_id, *following], s.feed_backfill))
     # Deleted photos out before capping (the script checks again, atomically), taking a feed's
     # worth at a time: usually one MGET.

@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from itertools import pairwise
+from typing import cast
 
 import redis
 
@@ -114,7 +115,7 @@ class FeedStore:
         shard, key = self.shard_for(uid), self.feed_key(uid)
         if before_id is None:
             return [int(x) for x in shard.lrange(key, 0, limit - 1)]
-        pos = shard.lpos(key, str(before_id))
+        pos = cast("int | None", shard.lpos(key, str(before_id)))  # no COUNT: one position
         if pos is not None:
             return [int(x) for x in shard.lrange(key, pos + 1, pos + limit)]
         # The cursor's photo is gone (deleted, trimmed): the list is sorted, so filter it.
@@ -122,7 +123,8 @@ class FeedStore:
         return older[:limit]
 
     def activity_page(self, uid: int, limit: int = 30) -> list[str]:
-        return list(self.shard_for(uid).lrange(self.activity_key(uid), 0, limit - 1))
+        entries = self.shard_for(uid).lrange(self.activity_key(uid), 0, limit - 1)
+        return list(cast("list[str]", entries))
 
     # the web tier's graph writes, done the way fan-out expects them
     def follow(self, follower: int, followee: int) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import cast
 
 import redis
 
@@ -52,7 +53,8 @@ def sweep(client: redis.Redis, s: Settings, progress: Progress = no_progress) ->
                 except (ValueError, TypeError, KeyError):
                     continue  # unreadable: the report counts it; an operator decides
         if missing:  # NX: never moves an entry record() wrote meanwhile
-            out["reindexed"] += int(client.zadd(store.index, missing, nx=True))
+            # without incr=True, ZADD answers how many members it added
+            out["reindexed"] += cast(int, client.zadd(store.index, missing, nx=True))
         done += len(ids)
         progress("reindex", done, max(size, done))
     progress("reindex", done, done)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 from functools import lru_cache
+from typing import cast
 
 from PIL import Image, ImageCms
 
@@ -43,5 +44,5 @@ _PROBE = Image.frombytes("RGB", (8, 1), bytes([0, 0, 0, 255, 255, 255, 128, 128,
 
 
 def _is_identity(transform: ImageCms.ImageCmsTransform) -> bool:
-    out = ImageCms.applyTransform(_PROBE, transform)
+    out = cast(Image.Image, ImageCms.applyTransform(_PROBE, transform))  # None only in place
     return all(abs(a - b) <= 2 for a, b in zip(out.tobytes(), _PROBE.tobytes(), strict=True))

@@ -25,6 +25,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import simplejpeg
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
@@ -248,7 +249,7 @@ def finish(im: Image.Image, icc: bytes | None, exif: bytes | None) -> Image.Imag
         im = flat
     transform = srgb_transform(icc, im.mode) if icc else None
     if transform is not None:
-        im = ImageCms.applyTransform(im, transform)
+        im = cast(Image.Image, ImageCms.applyTransform(im, transform))  # None only in place
     if im.mode != "RGB":
         im = im.convert("RGB")  # greyscale, or CMYK without a usable profile
     if exif:

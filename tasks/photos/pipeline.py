@@ -74,8 +74,9 @@ def describe(key: str, width: int, height: int, size: int, version: int,
 
 
 def process_photo(photo_id: int, owner_id: int, original_key: str, caption: str = "",
-                  share_to: Sequence[str] = (), *, reprocess: bool = False) -> PhotoRecord:
-    """Resize, store, record, then start the follow-on jobs (not on a reprocess)."""
+                  share_to: Sequence[str] = (), *, reprocess: bool = False) -> PhotoRecord | None:
+    """Resize, store, record, then start the follow-on jobs (not on a reprocess). Returns the
+    record as stored (None only if it was deleted meanwhile)."""
     from tasks.blobs import open_store
     from tasks.photos.imaging import ImageRefused
 
@@ -105,7 +106,7 @@ def process_photo(photo_id: int, owner_id: int, original_key: str, caption: str 
     if not reprocess:
         start_follow_ons(photo_id, owner_id, caption, share_to)
         records.followons_sent(photo_id)
-    return records.get(photo_id)  # type: ignore[return-value]
+    return records.get(photo_id)
 
 
 def _report_phases(phases: dict[str, float]) -> None:
@@ -114,7 +115,7 @@ def _report_phases(phases: dict[str, float]) -> None:
         timing.add(name, ms)
 
 
-def reprocess_photo(photo_id: int) -> PhotoRecord:
+def reprocess_photo(photo_id: int) -> PhotoRecord | None:
     """Remake a known photo's variants (after a size or quality change), bumping its version."""
     record = PhotoRecords(data_redis(), get_settings()).get(photo_id)
     if record is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -46,7 +46,7 @@ class PhotoRecords:
         return self.s.key("photo", photo_id)
 
     def get(self, photo_id: int) -> PhotoRecord | None:
-        raw = self.r.hgetall(self.key(photo_id))
+        raw = cast("dict[str, str]", self.r.hgetall(self.key(photo_id)))
         if not raw:
             return None
         return PhotoRecord(

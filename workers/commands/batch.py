@@ -28,7 +28,7 @@ EPILOG = """exit status:
      or refused (not ids between 1 and 2**53-1); nothing is done"""
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("batch", help="run a batch job now (as beat would), or list them",
                        description="Run a batch job in-process, under the lock its beat task "
                        "takes.\n\njobs:\n" + "\n".join(
@@ -135,9 +135,9 @@ def _shown(key: str, value: Any) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.list:
         width = max(map(len, JOBS))
-        for job in JOBS.values():
-            print(f"{job.name:<{width}}  {when(job):<10} {job.job.task:<24} "
-                  f"{job.job.description}")
+        for scheduled in JOBS.values():
+            print(f"{scheduled.name:<{width}}  {when(scheduled):<10} {scheduled.job.task:<24} "
+                  f"{scheduled.job.description}")
         return 0
     if not args.name:
         print(f"farm batch: name a job ({', '.join(JOBS)}) or pass --list", file=sys.stderr)

@@ -8,13 +8,14 @@ whenever its pid has been reused (routine in containers), and supervisord alread
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from config.settings import get_settings
 
 SCHEDULE_FILE = "celerybeat-schedule"
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("beat", help="run the periodic-job scheduler (exactly one per farm)")
     p.set_defaults(handler=run)
 
@@ -27,5 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from schedules.beat import install
 
     install(app, s)
-    return app.start(["beat", "--schedule", str(state / SCHEDULE_FILE),
-                      "--loglevel", s.log_level.upper()]) or 0
+    # celery-types declares start NoReturn; it returns the command's exit code, or None.
+    start: Callable[[list[str]], int | None] = app.start
+    return start(["beat", "--schedule", str(state / SCHEDULE_FILE),
+                  "--loglevel", s.log_level.upper()]) or 0

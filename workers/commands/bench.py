@@ -10,7 +10,7 @@ BENCHMARKS = {"enqueue": "bench.enqueue", "resize": "bench.resize", "fanout": "b
               "push": "bench.push"}
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("bench", help=f"run a benchmark ({', '.join(BENCHMARKS)})")
     p.add_argument("name", choices=sorted(BENCHMARKS))
     p.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options")

@@ -14,7 +14,7 @@ from tasks.core.deadletter import DeadLetter, DeadLetterStore
 from tasks.core.redis import data_redis
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("deadletter", help="inspect, replay and purge failed tasks")
     dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     ls = dsub.add_parser("list", help="newest first")

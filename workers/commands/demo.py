@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="run the farm end to end on embedded defaults")
     p.add_argument("--serve", action="store_true",
                    help="keep the farm running with beat and Flower until Ctrl-C")

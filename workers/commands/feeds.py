@@ -6,7 +6,7 @@ import argparse
 import sys
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("feeds", help="show a user's feed, rebuild it, rebalance shards")
     fsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     show = fsub.add_parser("show", help="a page of the user's feed and activity, and its shard")

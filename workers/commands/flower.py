@@ -11,6 +11,7 @@ import ipaddress
 import os
 import secrets
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from config.settings import Settings, SettingsError, get_settings
@@ -18,7 +19,7 @@ from config.settings import Settings, SettingsError, get_settings
 PASSWORD_FILE = "flower-password"  # under FARM_STATE_DIR, when no password is configured
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("flower", help="run the Flower dashboard (basic auth, loopback)",
                        description="Binds FARM_FLOWER_ADDRESS:FARM_FLOWER_PORT with basic auth "
                                    "FARM_FLOWER_USER / FARM_FLOWER_PASSWORD (or "
@@ -80,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
               f"{generated}", file=sys.stderr, flush=True)
     from config.celery_app import app
 
+    # celery-types declares start NoReturn; it returns the command's exit code, or None.
+    start: Callable[[list[str]], int | None] = app.start
     # --conf=/dev/null: a stray flowerconfig.py in the working directory must not override
     # the auth or the address set here.
-    return app.start(["flower", f"--address={s.flower_address}", f"--port={s.flower_port}",
-                      f"--conf={os.devnull}"]) or 0
+    return start(["flower", f"--address={s.flower_address}", f"--port={s.flower_port}",
+                  f"--conf={os.devnull}"]) or 0

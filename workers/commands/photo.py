@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("photo", help="show a photo's record, or remake its variants")
     psub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     show = psub.add_parser("show", help="the photo record: status, variants, reason, timings")

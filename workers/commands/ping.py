@@ -9,7 +9,7 @@ import time
 from config.queues import QUEUES, check_queues
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("ping", help="round-trip a task through every queue")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait in all")
     p.add_argument("--queues", help="comma-separated queues (default: all)")

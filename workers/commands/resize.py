@@ -9,7 +9,7 @@ from pathlib import Path
 from config.settings import get_settings
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("resize", help="make a photo's variants from a local file",
                        description="Exit 0 with the variants written as OUTDIR/NAME.jpg; exit 2 "
                                    "with one line naming the reason for a refused file.")

@@ -23,7 +23,7 @@ CONF = Path(__file__).resolve().parents[2] / "supervisord.conf"
 STOP_MARGIN = 30
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("supervise", help="run the whole farm under supervisord",
                        description="Run supervisord with supervisord.conf (`farm supervise -- "
                                    "--loglevel=debug`), or `farm supervise ctl status` to run "

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from config.queues import check_queues
 from config.settings import get_settings
 from workers.profiles import PROFILES, get_profile, worker_argv
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("worker", help="run a worker for one profile",
                        description="Profiles: " + "; ".join(
                            f"{n}: {pr.description}" for n, pr in PROFILES.items()))
@@ -32,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from config.celery_app import app
     from workers import signals  # noqa: F401  (connects the worker hooks)
 
-    app.worker_main(worker_argv(profile, s, queues=queues, concurrency=args.concurrency,
-                                node=args.node))
+    # celery-types declares worker_main NoReturn; it returns once the worker has shut down.
+    worker_main: Callable[[list[str]], None] = app.worker_main
+    worker_main(worker_argv(profile, s, queues=queues, concurrency=args.concurrency,
+                            node=args.node))
     return 0

@@ -15,6 +15,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import jwt
 import redis
@@ -131,7 +132,7 @@ def _fetch(app: App, stale: str | None) -> str:
 
 
 def _read(r: redis.Redis, key: str) -> ProviderToken | None:
-    stored = r.hgetall(key)
+    stored = cast("dict[str, str]", r.hgetall(key))
     if not stored.get("token"):
         return None
     return ProviderToken(stored["token"], int(stored["iat"]))
