@@ -2,6 +2,9 @@
 
 Every field maps to ``FARM_<NAME>``; secret fields may instead be read from the file named by
 ``FARM_<NAME>_FILE``. A bad value stops start-up with one line naming the variable.
+
+Not pydantic-settings: config/ is imported by the web tier, and a dataclass with one small
+loader (ints, floats, bools, strings, paths, lists) does the job without a compiled dependency.
 """
 
 from __future__ import annotations

