@@ -50,8 +50,20 @@ def _fail(name: str, what: str) -> InvalidArgument:
 
 
 def _shown(value: object) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # holds an int too long to print (over sys.get_int_max_str_digits())
+        return f"a {type(value).__name__} too large to show"
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _utf8(value: str) -> bytes | None:
+    """The text as UTF-8, or None if it holds lone surrogates (which JSON can carry as escapes,
+    but no payload, header or post can)."""
+    try:
+        return value.encode()
+    except UnicodeEncodeError:
+        return None
 
 
 # --- values --------------------------------------------------------------------------------------
@@ -61,7 +73,7 @@ def valid_int(name: str, value: object, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _fail(name, f"must be an integer, got {type(value).__name__} {_shown(value)}")
     if not lo <= value <= hi:
-        raise _fail(name, f"must be between {lo} and {hi}, got {value}")
+        raise _fail(name, f"must be between {lo} and {hi}, got {_shown(value)}")
     return value
 
 
@@ -89,8 +101,9 @@ def valid_number(name: str, value: object, lo: float, hi: float) -> float:
     """A finite int or float (never a bool) in [lo, hi]."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _fail(name, f"must be a number, got {type(value).__name__} {_shown(value)}")
-    if not math.isfinite(value) or not lo <= value <= hi:
-        raise _fail(name, f"must be between {lo:g} and {hi:g}, got {value!r}")
+    # int and float compare exactly; an int too large for a float fails here, not in float()
+    if (isinstance(value, float) and not math.isfinite(value)) or not lo <= value <= hi:
+        raise _fail(name, f"must be between {lo:g} and {hi:g}, got {_shown(value)}")
     return float(value)
 
 
@@ -109,6 +122,8 @@ def valid_text(name: str, value: object, limit: int, *, required: bool = False) 
         raise _fail(name, f"is {len(value)} characters, over the limit of {limit}")
     if "\x00" in value:
         raise _fail(name, "must not contain NUL characters")
+    if _utf8(value) is None:
+        raise _fail(name, "must be valid Unicode text, got lone surrogates")
     return value
 
 
@@ -118,12 +133,30 @@ def valid_token_id(name: str, value: object) -> str:
     return value
 
 
+def valid_header_value(name: str, value: object, limit: int) -> str:
+    """Text sent as an HTTP/2 header value (apns-collapse-id): 1 to ``limit`` bytes of UTF-8,
+    no control characters (RFC 9113 8.2.1 forbids NUL, CR and LF; a server resets the stream)."""
+    if not isinstance(value, str):
+        raise _fail(name, f"must be a string of 1 to {limit} bytes, got {_shown(value)}")
+    encoded = _utf8(value)
+    if encoded is None:
+        raise _fail(name, "must be valid Unicode text, got lone surrogates")
+    if not 0 < len(encoded) <= limit:
+        raise _fail(name, f"must be a string of 1 to {limit} bytes, got {_shown(value)}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise _fail(name, f"must not contain control characters, got {_shown(value)}")
+    return value
+
+
 def valid_choice(name: str, value: object, allowed: tuple[Any, ...]) -> Any:
+    """One of ``allowed``, of its type too: 10.0 is not the priority 10 (APNs would get "10.0"),
+    True is not 1."""
     if isinstance(value, bool) and not any(isinstance(a, bool) for a in allowed):
         raise _fail(name, f"must be one of {list(allowed)}, got {value!r}")
-    if value not in allowed:
-        raise _fail(name, f"must be one of {list(allowed)}, got {_shown(value)}")
-    return value
+    for choice in allowed:
+        if isinstance(value, type(choice)) and value == choice:
+            return choice
+    raise _fail(name, f"must be one of {list(allowed)}, got {_shown(value)}")
 
 
 def valid_storage_key(name: str, value: object) -> str:
@@ -139,23 +172,37 @@ def valid_storage_key(name: str, value: object) -> str:
 def valid_networks(name: str, value: object) -> list[str]:
     if not isinstance(value, (list, tuple)):
         raise _fail(name, f"must be a list of networks, got {type(value).__name__}")
-    chosen = list(dict.fromkeys(value))
-    unknown = [n for n in chosen if n not in NETWORKS]
-    if unknown:
-        raise _fail(name, f"has unknown network(s) {unknown}; known: {list(NETWORKS)}")
-    return chosen
+    unknown = [n for n in value if not isinstance(n, str) or n not in NETWORKS]
+    if unknown:  # checked before dict.fromkeys, which a list or dict in the list would break
+        raise _fail(name, f"has unknown network(s) {_shown(unknown)}; known: {list(NETWORKS)}")
+    return list(dict.fromkeys(value))
+
+
+def _string_keys(value: object) -> bool:
+    """Every object's keys are strings, however deep (json.dumps would turn 1 into "1")."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _string_keys(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(_string_keys(v) for v in value)
+    return True
 
 
 def valid_json_object(name: str, value: object, limit: int) -> dict[str, Any]:
+    """A JSON object of at most ``limit`` bytes, returned as the worker will see it (plain dicts
+    and lists)."""
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise _fail(name, f"must be a JSON object, got {type(value).__name__}")
-    try:
-        encoded = json.dumps(value, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
+    try:  # as UTF-8, the way the push payload is encoded: lone surrogates are refused here
+        if not _string_keys(value):
+            raise ValueError("object keys must be strings")
+        encoded = json.dumps(value, allow_nan=False, ensure_ascii=False,
+                             separators=(",", ":")).encode()
+    except (TypeError, ValueError, RecursionError) as exc:
         raise _fail(name, f"must be plain JSON: {exc}") from None
-    if len(encoded.encode()) > limit:
-        raise _fail(name, f"is {len(encoded.encode())} bytes of JSON, over {limit}")
-    return value
+    if len(encoded) > limit:
+        raise _fail(name, f"is {len(encoded)} bytes of JSON, over {limit}")
+    plain: dict[str, Any] = json.loads(encoded)
+    return plain
 
 
 def _optional(check: Callable[..., Any], name: str, value: object, *a: Any) -> Any:
@@ -239,9 +286,8 @@ def push_notify(user_ids: object, alert: object, notification_id: object, badge:
     available = valid_flag("content_available", content_available)
     if alert is None and badge is None and not available:
         raise _fail("alert", "a notification needs an alert, a badge or content_available")
-    if collapse_id is not None and (not isinstance(collapse_id, str)
-                                    or not 0 < len(collapse_id.encode()) <= 64):
-        raise _fail("collapse_id", f"must be a string of 1 to 64 bytes, got {_shown(collapse_id)}")
+    if collapse_id is not None:
+        valid_header_value("collapse_id", collapse_id, 64)
     return {"user_ids": ids,
             "alert": None if alert is None else valid_text("alert", alert, MAX_ALERT,
                                                            required=True),
