@@ -1,6 +1,6 @@
 """The blob store: one contract for both backends, then what only S3 or only files can show.
 
-S3 runs through boto3 over HTTP against moto's standalone server (tests/s3_server.py), with a
+S3 runs through boto3 over HTTP against moto's standalone server (tests/support/s3_server.py), with a
 fault-injecting proxy for throttling and errors; nothing is mocked in-process.
 """
 
