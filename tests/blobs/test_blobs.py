@@ -1,7 +1,7 @@
 """The blob store: one contract for both backends, then what only S3 or only files can show.
 
-S3 runs through boto3 over HTTP against moto's standalone server (tests/support/s3_server.py), with a
-fault-injecting proxy for throttling and errors; nothing is mocked in-process.
+S3 runs through boto3 over HTTP against moto's standalone server (tests/support/s3_server.py),
+with a fault-injecting proxy for throttling and errors; nothing is mocked in-process.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The resizing pipeline against a corpus of awkward uploads (tests/support/corpus.py), each with its exact
-outcome: variant names and sizes, mode RGB, orientation checked by pixels, colours, no metadata,
-or the one-line refusal reason."""
+"""The resizing pipeline against a corpus of awkward uploads (tests/support/corpus.py), each with
+its exact outcome: variant names and sizes, mode RGB, orientation checked by pixels, colours, no
+metadata, or the one-line refusal reason."""
 
 from __future__ import annotations
 
