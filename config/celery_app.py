@@ -5,14 +5,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import kombu.transport
 from celery import Celery
 from kombu import Exchange, Queue
+from kombu.transport import TRANSPORT_ALIASES
 
 from config.queues import QUEUES, celery_routes
 from config.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from celery.result import AsyncResult
+
+RELIABLE_TRANSPORT = "config.reliable_redis:Transport"
+STOCK_TRANSPORT = "kombu.transport.redis:Transport"
 
 # Worker-side task modules: each domain's tasks.py (named, not imported: config depends on
 # nothing of ours). Heavy libraries (Pillow, boto3, ...) are imported inside the functions that
@@ -47,7 +52,9 @@ def celery_config(s: Settings) -> dict[str, Any]:
             # The sweep holds a Redis lock for milliseconds; kombu lets it live 300 s, so a worker
             # killed mid-sweep would stall every redelivery for five minutes.
             "unacked_mutex_expire": max(5, 2 * s.restore_interval),
+            "inflight_heartbeat": s.inflight_heartbeat,
         },
+
         "result_backend_transport_options": {"visibility_timeout": s.visibility_timeout},
         "task_time_limit": s.task_time_limit,
         "task_soft_time_limit": s.task_soft_time_limit or None,
@@ -97,8 +104,20 @@ class FarmCelery(Celery):
         return super().send_task(name, args, kwargs, *more, **options)
 
 
+def use_reliable_fetch(on: bool) -> None:
+    """Make ``redis://`` and ``rediss://`` broker URLs mean the farm's reliable-fetch transport
+    (config/reliable_redis.py) in this process, or kombu's stock one again. Selected by the URL's
+    scheme, as kombu selects any transport, so the URL stays ``redis://`` and Flower, ``celery
+    inspect`` and kombu's own URL handling see an ordinary Redis broker."""
+    for scheme in ("redis", "rediss"):
+        TRANSPORT_ALIASES[scheme] = RELIABLE_TRANSPORT if on else STOCK_TRANSPORT
+        # kombu caches what each name resolved to (not in its stubs): forget the old answer
+        kombu.transport._transport_cache.pop(scheme, None)  # type: ignore[attr-defined]
+
+
 def make_app(s: Settings | None = None) -> FarmCelery:
     s = s or get_settings()
+    use_reliable_fetch(s.reliable_fetch)
     celery = FarmCelery("photofarm", set_as_current=True)
     celery.conf.update(celery_config(s))
     # Sentry's habit: in tests every published message proves its arguments are small JSON.

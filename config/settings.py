@@ -62,6 +62,11 @@ class Settings:
     task_soft_time_limit: int = 270
     visibility_timeout: int = 3600
     restore_interval: int = 30  # how often a worker looks for messages a dead worker held
+    # Reliable fetch (config/reliable_redis.py): taking a message and recording it in flight are
+    # one atomic step. A consumer silent for inflight_heartbeat seconds is taken for dead, and
+    # what its blocking wait had just taken goes back to its queue.
+    reliable_fetch: bool = True
+    inflight_heartbeat: int = 30
 
     # Retry policy shared by every task (a task may narrow it).
     retry_max: int = 5
@@ -152,6 +157,8 @@ def _validate(s: Settings) -> None:
            "must be non-empty and contain no ':'")
     _check(s.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
            "log_level", f"must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {s.log_level!r}")
+    _check(s.inflight_heartbeat >= 5, "inflight_heartbeat",
+           "must be at least 5 seconds (a consumer refreshes it every second or so)")
     for name in ("task_time_limit", "visibility_timeout", "restore_interval", "max_arg_bytes",
                  "max_deliveries", "s3_multipart_mb", "photo_full_size", "max_pixels",
                  "max_upload_mb", "feed_cap", "feed_chunk_size", "feed_backfill", "posts_cap",
