@@ -37,7 +37,9 @@ from queue import Empty
 from time import monotonic, time
 from typing import Any, cast
 
+import redis
 from kombu.transport import redis as kombu_redis
+from kombu.transport.virtual import QoS as VirtualQoS
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 from kombu.utils.objects import cached_property
@@ -47,6 +49,8 @@ SCRIPT = resources.files(__package__).joinpath("reliable_fetch.lua").read_text(e
 INFLIGHT_INDEX = "_kombu.inflight"  # hash: in-flight list key -> "consumer id|source queue key"
 UNPARSABLE = "_kombu.unparsable"
 
+
+virtual_ack = VirtualQoS.ack  # the consumer's own bookkeeping only (prefetch credit)
 
 FAULT_POINT = os.environ.get("PHOTOFARM_FAULT_POINT", "")
 
@@ -61,6 +65,22 @@ class ReliableQoS(kombu_redis.QoS):
     # kombu's, left out of celery-types' stubs
     _vrestore_count: int
     channel: ReliableChannel
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        """kombu's reject, except that a requeue the broker refuses (writes denied, a failover,
+        a lost connection) leaves the message recorded as unacked for the visibility sweep to
+        put back, instead of raising into the consumer (Celery takes that for an unrecoverable
+        error and stops the worker)."""
+        refused: tuple[type[BaseException], ...] = (*self.channel.connection_errors,
+                                                     redis.RedisError)
+        try:
+            super().reject(delivery_tag, requeue)
+        except refused as exc:
+            if not requeue:
+                raise
+            kombu_redis.warning("could not requeue %s now (%s): it stays unacked and comes back "
+                                "after the visibility timeout", delivery_tag, exc)
+            virtual_ack(self, delivery_tag)  # this consumer is done with it either way
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
         """The stock sweep (unacked past the visibility timeout), then dead consumers' in-flight

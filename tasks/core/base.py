@@ -23,7 +23,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import redis
 from celery import Task
-from celery.exceptions import Retry, SoftTimeLimitExceeded
+from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 
 from config.celery_app import app
 from config.queues import queue_for
@@ -39,6 +39,11 @@ log = logging.getLogger("farm.task")
 P = ParamSpec("P")
 R = TypeVar("R")
 ErrorTypes = tuple[type[BaseException], ...]
+
+# Seconds a task keeps trying to publish its retry while the broker refuses it, before it hands
+# its message back instead (a restarted broker loads its AOF for a few seconds; a failover takes
+# about as long). Bounded by what is left of the task's soft time limit.
+PUBLISH_PATIENCE = 15.0
 
 # Errors every task may retry: the data Redis blinking, or the task running out of its time.
 ALWAYS_TRANSIENT: ErrorTypes = (
@@ -82,6 +87,12 @@ class FarmTask(Task[P, R]):
             except Retry:
                 outcome = "retry"
                 raise
+            except (SystemExit, KeyboardInterrupt):
+                # The process is going away under the task (a warm shutdown, a child terminated
+                # when the broker connection was lost): not a bug and not a failure. The message
+                # is not acked, so it is redelivered; a dead letter would make it run twice.
+                outcome = "interrupted"
+                raise
             except BaseException as exc:
                 delay = self._retry_delay(exc)
                 if delay is None:
@@ -93,12 +104,41 @@ class FarmTask(Task[P, R]):
                 outcome = "retry"
                 log.warning("task=%s id=%s retry=%d/%d in=%.2fs error=%s", self.name, req.id,
                             req.retries + 1, self.max_retries, delay, _one_line(exc))
-                raise self.retry(
-                    exc=exc,  # type: ignore[arg-type]  # celery-types: Exception; Celery takes any
-                    countdown=delay, max_retries=self.max_retries) from exc
+                signal = self._publish_retry(exc, delay, started)
+                if isinstance(signal, Reject):
+                    outcome = "requeued"
+                raise signal from exc
             finally:
                 total = (time.perf_counter() - started) * 1000
                 self._report(outcome, total, phases)
+
+    def _publish_retry(self, exc: BaseException, delay: float, started: float) -> BaseException:
+        """Celery's Retry once the retry message is published. Celery's own ``retry`` acks the
+        message away (``Reject(requeue=False)``) when that publish fails, losing the task; here
+        the publish is tried again for up to PUBLISH_PATIENCE seconds (a broker loading its AOF,
+        failing over, refusing writes for a moment), and if it still fails the message is
+        rejected *with* requeue: it stays the broker's, put back now, or by the visibility
+        sweep if the broker cannot take it back yet. Never dropped."""
+        s = get_settings()
+        budget = s.task_soft_time_limit or s.task_time_limit
+        left = budget - (time.perf_counter() - started) - 1.0  # a second to hand it back
+        deadline = time.monotonic() + max(0.0, min(PUBLISH_PATIENCE, left))
+        pause = 0.1
+        while True:
+            try:
+                return self.retry(
+                    exc=exc,  # type: ignore[arg-type]  # celery-types: Exception; Celery takes any
+                    countdown=delay, max_retries=self.max_retries, throw=False)
+            except Reject as refused:  # the retry's publish failed; the message is still ours
+                cause = refused.args[0] if refused.args else refused
+            if time.monotonic() + pause > deadline:
+                log.error("task=%s id=%s retry not published (%s): message requeued instead",
+                          self.name, self.request.id, _one_line(_as_error(cause)))
+                return Reject(cause, requeue=True)
+            log.warning("task=%s id=%s retry not published yet (%s); trying again", self.name,
+                        self.request.id, _one_line(_as_error(cause)))
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
     def _retry_delay(self, exc: BaseException) -> float | None:
         """Seconds until the retry of a transient error, or None when it must not retry."""
@@ -159,6 +199,10 @@ class FarmTask(Task[P, R]):
             pipe.execute()
         except redis.RedisError as exc:  # counters are not worth failing a finished task over
             log.warning("metrics not recorded: %s", _one_line(exc))
+
+
+def _as_error(cause: object) -> BaseException:
+    return cause if isinstance(cause, BaseException) else RuntimeError(str(cause))
 
 
 def _one_line(exc: BaseException) -> str:

@@ -13,7 +13,7 @@ import redis
 
 from config.settings import Settings
 
-OUTCOMES = ("ok", "retry", "deadletter")
+OUTCOMES = ("ok", "retry", "deadletter", "requeued", "interrupted")
 
 
 def metrics_key(s: Settings) -> str:

@@ -60,3 +60,21 @@ def test_a_plain_call_runs_the_function_without_the_policy(data: redis.Redis) ->
     with pytest.raises(PermanentError):  # the error reaches the caller, untouched
         flaky_task("plain", fail_times=1, mode="permanent")
     assert DeadLetterStore(data, get_settings()).count() == 0  # plain calls are not recorded
+
+
+def test_a_process_exiting_under_a_task_is_not_dead_lettered(
+        data: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A child SIGTERMed when the broker connection is lost, or a warm shutdown cutting a task
+    # short, raises SystemExit inside it: the message is redelivered, so a dead letter would make
+    # it run twice. It passes through, unrecorded.
+    from config.celery_app import app
+    from tasks.diagnostics import synthetic
+
+    def exiting(*_: object) -> int:
+        raise SystemExit(1)
+
+    monkeypatch.setattr(synthetic, "flaky", exiting)
+    with pytest.raises(SystemExit):
+        app.tasks["diag.flaky"].apply(args=["gone", 0])
+    assert DeadLetterStore(data, get_settings()).count() == 0
+    assert data.hget("farm:metrics:tasks", "diag.flaky:interrupted") == "1"
