@@ -32,6 +32,7 @@ from tasks.core import metrics, timing, validation
 from tasks.core.backoff import retry_delay
 from tasks.core.deadletter import DeadLetter, DeadLetterStore
 from tasks.core.errors import PermanentError, TransientError
+from tasks.core.publish import PUBLISH_PATIENCE
 from tasks.core.redis import data_redis
 
 log = logging.getLogger("farm.task")
@@ -39,11 +40,6 @@ log = logging.getLogger("farm.task")
 P = ParamSpec("P")
 R = TypeVar("R")
 ErrorTypes = tuple[type[BaseException], ...]
-
-# Seconds a task keeps trying to publish its retry while the broker refuses it, before it hands
-# its message back instead (a restarted broker loads its AOF for a few seconds; a failover takes
-# about as long). Bounded by what is left of the task's soft time limit.
-PUBLISH_PATIENCE = 15.0
 
 # Errors every task may retry: the data Redis blinking, or the task running out of its time.
 ALWAYS_TRANSIENT: ErrorTypes = (

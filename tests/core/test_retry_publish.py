@@ -78,3 +78,25 @@ def test_a_retry_refused_past_the_tasks_patience_leaves_the_message_with_the_bro
              "back and run again")
     assert runs(data, "outage") == 2
     assert not data.zcard("farm:deadletter:index")
+
+
+def test_follow_ons_refused_for_a_few_seconds_go_out_once_writes_come_back(
+        data: redis.Redis, acl: redis.Redis, redis_server: EmbeddedRedis,
+        workers: WorkerFactory) -> None:
+    from config.settings import get_settings
+    from tasks import enqueue
+    from tasks.blobs import open_store
+    from tests.support.corpus import oriented_jpeg
+
+    open_store(get_settings()).put("originals/7.jpg", oriented_jpeg(1), content_type="image/jpeg")
+    workers("cpu", env=worker_env(redis_server))
+    workers("feed", env=worker_env(redis_server))
+    acl.acl_setuser(USER, enabled=True, commands=["-lpush"])
+    enqueue.photo_uploaded(7, 70, "originals/7.jpg")  # the web tier may still publish
+    wait_for(lambda: denied_lpush(acl), what="the follow-ons' publish to be refused")
+    acl.acl_setuser(USER, enabled=True, commands=["+lpush"])
+    wait_for(lambda: data.hget("farm:metrics:tasks", "feeds.fanout:ok"), timeout=60,
+             what="the fan-out the photo sent")
+    assert data.hget("farm:metrics:tasks", "photos.process:ok") == "1"
+    assert data.lrange("farm:posts:70", 0, -1) == ["7"]
+    assert not data.zcard("farm:deadletter:index")
