@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.resize
 	$(BIN)/python -m bench.fanout
 	$(BIN)/python -m bench.push
+	$(BIN)/python -m bench.fetch
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache *.egg-info

@@ -66,6 +66,11 @@ class ReliableQoS(kombu_redis.QoS):
     _vrestore_count: int
     channel: ReliableChannel
 
+    def append(self, message: Any, delivery_tag: str) -> None:
+        """Only this consumer's bookkeeping: the fetch or claim script already wrote the unacked
+        record, in the step that took the message (kombu's append would write it again)."""
+        VirtualQoS.append(self, message, delivery_tag)
+
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         """kombu's reject, except that a requeue the broker refuses (writes denied, a failover,
         a lost connection) leaves the message recorded as unacked for the visibility sweep to
