@@ -2,7 +2,8 @@
 -- three entry points sharing the helpers below, chosen by ARGV[1]; A holds the entry's own
 -- arguments (ARGV[2..]). Each runs atomically on the user's feed shard, so it is atomic against
 -- fan-out's own writes: whichever runs second sees the other's ids, and neither leaves a
--- duplicate. Lists are newest first; photo ids compare as decimal strings (see fanout.lua).
+-- duplicate. Lists are newest first; photo ids compare as decimal strings (see fanout.lua, whose
+-- newer() and argument copy these repeat: a Redis script cannot import another).
 local A = {}
 for i = 2, #ARGV do A[i - 1] = ARGV[i] end
 
