@@ -235,17 +235,26 @@ class ReliableChannel(kombu_redis.Channel):
     # -- recovery -------------------------------------------------------------------------------
 
     def restore_orphans(self) -> int:
-        """Give every dead consumer's in-flight list back to its queue; how many messages."""
+        """Give every dead consumer's in-flight list back to its queue; how many messages.
+
+        One HGETALL and one pipeline of EXISTS per sweep, whatever the farm's size; the
+        restore script runs only for the dead (and checks liveness again, atomically)."""
         moved = 0
         with self.conn_or_acquire() as client:
-            for field, owner in client.hgetall(INFLIGHT_INDEX).items():
-                field, owner = bytes_to_str(field), bytes_to_str(owner)
-                consumer, _, source = owner.partition("|")
-                if consumer == self.consumer_id or not source:
+            lists = [(bytes_to_str(field), *bytes_to_str(owner).partition("|")[::2])
+                     for field, owner in client.hgetall(INFLIGHT_INDEX).items()]
+            lists = [(field, consumer, source) for field, consumer, source in lists
+                     if source and consumer != self.consumer_id]
+            if not lists:
+                return 0
+            pipe = client.pipeline(transaction=False)
+            for _, consumer, _ in lists:
+                pipe.exists(f"_kombu.inflight.alive.{consumer}")
+            for (field, consumer, source), alive in zip(lists, pipe.execute(), strict=True):
+                if alive:
                     continue
-                alive = f"_kombu.inflight.alive.{consumer}"
-                moved += max(0, int(self._run(client, [field, source, alive, INFLIGHT_INDEX],
-                                              "restore", field)))
+                keys = [field, source, f"_kombu.inflight.alive.{consumer}", INFLIGHT_INDEX]
+                moved += max(0, int(self._run(client, keys, "restore", field)))
         if moved:
             kombu_redis.warning("restored %d message(s) from dead consumers' in-flight lists",
                                 moved)
