@@ -29,7 +29,7 @@ def test_stats_reports_queues_outcomes_and_dead_letters(
     stats = json.loads(capsys.readouterr().out)
     assert stats["queues"]["push"] == 2 and stats["queues"]["photos"] == 0
     assert stats["tasks"]["photos.process"] == {"ok": 2, "retry": 1, "deadletter": 0,
-                                                "ms": 105.0}
+                                                "requeued": 0, "interrupted": 0, "ms": 105.0}
     assert stats["counters"] == {"push.sent": 3} and stats["deadletters"] == 0
 
     assert farm(["stats"]) == 0
