@@ -17,8 +17,11 @@ A dev tool: the stand-in needs the repo checkout and the dev dependencies (trust
 
 Every notification must come back 200 and reach the stand-in, or the run fails (exit 1) and
 nothing is reported. Besides the rates it prints the CPU time each side spends per notification in
-the many-streams rounds, which tells whether the client or the stand-in is the limit. The last
-line holds both rates and their ratio.
+the many-streams rounds, which tells whether the client or the stand-in is the limit, and the
+duplicate window of push.notify at that speed: per batch of answers, the time from the batch's
+first 200 being complete in this process to its sent-markers acknowledged by Redis (a worker
+killed inside it leaves those devices to be pushed again by the redelivery). The last line holds
+both rates and their ratio.
 """
 
 from __future__ import annotations
@@ -160,7 +163,7 @@ def measure(opts: argparse.Namespace, standin: Standin) -> None:
             cpu["wall"] += elapsed
             cpu["sent"] += len(reqs)
             rates["many"].append(len(reqs) / elapsed)
-        task_rate = notify_rate(app.app_id, requests, standin, opts.batch)
+        task_rate, windows = notify_rate(app.app_id, requests, standin, opts.batch)
     finally:
         client.close()
         apps.reset()
@@ -178,6 +181,7 @@ def measure(opts: argparse.Namespace, standin: Standin) -> None:
           f"({standin_cores:.2f} of a core)")
     print(f"push.notify, the task's whole work (registry, sent-markers, counters, APNs): "
           f"{task_rate:,.0f}/s, {task_rate / many:.2f} of the adapter's many-streams rate")
+    print(window_line(windows))
     print(f"checked: all {standin.received:,} measured notifications answered 200 and seen by "
           f"the stand-in; connections opened after warm-up: {standin.connections}")
     busiest, cores = max(("the client", client_cores), ("the stand-in", standin_cores),
@@ -189,9 +193,12 @@ def measure(opts: argparse.Namespace, standin: Standin) -> None:
           f"(goal >= 10,000/s from one process)")
 
 
-def notify_rate(app_id: str, requests: Requests, standin: Standin, devices: int) -> float:
+def notify_rate(app_id: str, requests: Requests, standin: Standin, devices: int
+                ) -> tuple[float, list[tuple[float, int]]]:
     """Notifications/s through push.notify's plain function (no broker): the devices of
-    devices/2 users, two each, looked up in the registry, sent, marked, counted."""
+    devices/2 users, two each, looked up in the registry, sent, marked, counted; and its
+    duplicate windows (per batch of answers: seconds from the batch's first 200 complete in this
+    process to its sent-markers acknowledged by Redis, how many 200s)."""
     from config.settings import get_settings
     from tasks.core.redis import data_redis
     from tasks.push.devices import DeviceRegistry
@@ -210,7 +217,18 @@ def notify_rate(app_id: str, requests: Requests, standin: Standin, devices: int)
     standin.check("push.notify", len(tokens))
     if out.sent != len(tokens):
         raise BenchFailure(f"push.notify sent {out.sent} of {len(tokens)}")
-    return len(tokens) / elapsed
+    return len(tokens) / elapsed, out.windows
+
+
+def window_line(windows: list[tuple[float, int]]) -> str:
+    """The duplicate window, every 200 counted at its batch's window (its batch's longest)."""
+    each = sorted(w for w, n in windows for _ in range(n))
+    if not each:
+        return "duplicate window: no 200s measured"
+    return (f"duplicate window (200 complete in the worker -> its sent-marker acknowledged by "
+            f"Redis), {len(each):,} pushes in {len(windows)} batches: median "
+            f"{statistics.median(each) * 1000:.1f} ms, p99 {each[int(len(each) * 0.99)] * 1000:.1f}"
+            f" ms, max {each[-1] * 1000:.1f} ms")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,9 +10,11 @@ A lean HTTP/2 server on asyncio (its own framing and HPACK decoder: the h2 packa
 request than the whole budget of a 10,000 notifications/s benchmark) runs in a background thread
 with its own loop, with a certificate for 127.0.0.1 / localhost from a throwaway trustme CA whose
 PEM is in a file (``ca_pem_path``) so worker subprocesses can trust it too. It advertises 1000
-concurrent streams per connection, as Apple does. Tests script answers per device token
-(``script``, ``unregister``, ``fail``, ``bind``) or for everything (``fail_all``), and read back
-what arrived (``received``, ``deliveries``, ``jwts_seen``).
+concurrent streams per connection, as Apple does (``max_streams`` to advertise fewer). Tests
+script answers per device token (``script``, ``unregister``, ``fail``, ``bind``,
+``reset_stream``: RST_STREAM after the request was read, instead of an answer) or for everything
+(``fail_all``), slow every answer down (``delay``), and read back what arrived (``received``,
+``deliveries``, ``jwts_seen``).
 
 Loaded as a plugin from conftest.py. Fixtures: ``apns`` (session: the running server),
 ``apns_clean`` (the same server, reset for this test) and ``apns_key`` (a fresh provider key
@@ -87,13 +89,22 @@ DEFAULT_REASONS = {400: "BadDeviceToken", 403: "ExpiredProviderToken", 410: "Unr
 
 @dataclass
 class Rule:
-    """A scripted answer: ``times`` more requests (None: every one) get ``status``/``reason``."""
+    """A scripted answer: ``times`` more requests (None: every one) get ``status``/``reason``,
+    or with ``reset``, no answer but RST_STREAM with that code once the request was read."""
 
     status: int
     reason: str
     times: int | None = None
     retry_after: int | None = None
     timestamp: int | None = None  # ms since the epoch, for 410 Unregistered
+    reset: int | None = None
+
+
+class Answer(NamedTuple):
+    status: int  # 0: no answer, ``reset`` says the RST_STREAM code
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    reset: int | None = None
 
 
 @dataclass(frozen=True)
@@ -199,6 +210,8 @@ class ApnsStandin:
     def reset(self) -> None:
         """Forget records, scripts, providers and settings: as the session started it."""
         with self._lock:
+            self.delay = 0.0  # seconds each request waits before it is judged and answered
+            self.max_streams = MAX_STREAMS  # advertised to connections made from now on
             self.token_lifetime = TOKEN_LIFETIME
             self.min_token_interval: float | None = None  # see TooManyProviderTokenUpdates
             self._providers = {}
@@ -233,6 +246,12 @@ class ApnsStandin:
         rule = _rule(status, reason, times, retry_after, timestamp)
         with self._lock:
             self._rules.setdefault(token, []).append(rule)
+
+    def reset_stream(self, token: str, code: int = 2, *, times: int | None = 1) -> None:
+        """The next ``times`` requests for ``token`` are read (and for all the client can tell,
+        delivered), then reset with RST_STREAM ``code`` (INTERNAL_ERROR) instead of answered."""
+        with self._lock:
+            self._rules.setdefault(token, []).append(Rule(0, f"reset {code}", times, reset=code))
 
     def unregister(self, token: str, timestamp: int | None = None) -> None:
         """410 Unregistered from now on, with when the token stopped being valid (ms since the
@@ -341,7 +360,7 @@ class ApnsStandin:
     # -- answering, on the server's thread ------------------------------------------------------
 
     def answer(self, method: str, path: str, headers: dict[str, str], duplicated: bool,
-               body: bytes, connection: int) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+               body: bytes, connection: int) -> Answer:
         apns_id = headers.get("apns-id", "")
         if not APNS_ID.fullmatch(apns_id):
             apns_id = str(uuid.uuid4())
@@ -370,15 +389,17 @@ class ApnsStandin:
             self._requests.append(Request(token, headers, payload, len(body), raw, kid, iat,
                                           status, reason, apns_id, connection))
         out = [(b"apns-id", apns_id.encode())]
+        if rule is not None and rule.reset is not None:
+            return Answer(0, [], b"", rule.reset)
         if reason is None:
-            return status, out, b""
+            return Answer(status, out, b"")
         error: dict[str, Any] = {"reason": reason}
         if rule is not None and rule.timestamp is not None:
             error["timestamp"] = rule.timestamp
         if rule is not None and rule.retry_after is not None:
             out.append((b"retry-after", str(rule.retry_after).encode()))
         out.append((b"content-type", b"application/json"))
-        return status, out, json.dumps(error).encode()
+        return Answer(status, out, json.dumps(error).encode())
 
     def _check(self, method: str, path: str, token: str, headers: dict[str, str],
                duplicated: bool, raw: str | None, body: bytes, payload: Any) -> None:
@@ -533,6 +554,7 @@ class _Connection(asyncio.Protocol):
         self.unacknowledged = 0  # DATA bytes received since our last connection WINDOW_UPDATE
         self.pending: dict[int, bytes] = {}  # response bodies waiting for send window
         self.out: list[bytes] = []
+        self.max_streams = standin.max_streams  # what this connection was told
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -544,7 +566,7 @@ class _Connection(asyncio.Protocol):
         self.registry.add(self)
         with self.standin._lock:
             self.standin.connections_made += 1
-        settings = (b"\x00\x03" + MAX_STREAMS.to_bytes(4, "big")  # MAX_CONCURRENT_STREAMS
+        settings = (b"\x00\x03" + self.max_streams.to_bytes(4, "big")  # MAX_CONCURRENT_STREAMS
                     + b"\x00\x04" + STREAM_WINDOW.to_bytes(4, "big"))  # INITIAL_WINDOW_SIZE
         grow = (CONNECTION_WINDOW - 65535).to_bytes(4, "big")  # from the default 64 KiB
         transport.write(_frame(SETTINGS, 0, 0, settings) + _frame(WINDOW_UPDATE, 0, 0, grow))
@@ -648,7 +670,7 @@ class _Connection(asyncio.Protocol):
         if stream_id % 2 == 0 or stream_id <= self.last_stream:
             raise H2Error(PROTOCOL_ERROR)
         self.last_stream = stream_id
-        if len(self.streams) >= MAX_STREAMS:
+        if len(self.streams) >= self.max_streams:
             self.out.append(_frame(RST_STREAM, 0, stream_id, REFUSED_STREAM.to_bytes(4, "big")))
             return
         self.streams[stream_id] = _Stream(headers)
@@ -656,7 +678,26 @@ class _Connection(asyncio.Protocol):
             self._respond(stream_id)
 
     def _respond(self, stream_id: int) -> None:
-        stream = self.streams.pop(stream_id)
+        """Answer a request whose last frame arrived: now, or after the stand-in's ``delay``
+        (the stream stays open, and counts against the limit, until then)."""
+        delay = self.standin.delay
+        if delay:
+            asyncio.get_running_loop().call_later(delay, self._answer_late, stream_id)
+        else:
+            self._answer(stream_id)
+
+    def _answer_late(self, stream_id: int) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return  # the client went away before its request was judged: not delivered
+        self._answer(stream_id)
+        if self.out:
+            self.transport.write(b"".join(self.out))
+        self.out.clear()
+
+    def _answer(self, stream_id: int) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is None:  # reset by the client meanwhile
+            return
         headers: dict[str, str] = {}
         pseudo: dict[str, str] = {}
         duplicated = False
@@ -666,9 +707,12 @@ class _Connection(asyncio.Protocol):
             else:
                 duplicated = duplicated or name in headers
                 headers[name] = value
-        status, out, body = self.standin.answer(pseudo.get(":method", ""), pseudo.get(":path", ""),
-                                                headers, duplicated, bytes(stream.body),
-                                                self.number)
+        status, out, body, reset = self.standin.answer(
+            pseudo.get(":method", ""), pseudo.get(":path", ""), headers, duplicated,
+            bytes(stream.body), self.number)
+        if reset is not None:
+            self.out.append(_frame(RST_STREAM, 0, stream_id, reset.to_bytes(4, "big")))
+            return
         self.out.append(_frame(HEADERS, END_HEADERS | (0 if body else END_STREAM), stream_id,
                                _response_block(status, out)))
         if body:

@@ -5,4 +5,6 @@
 
     app = get_app("com.example.photos")
     results = client.send_many(app, [client.PushRequest(device_token, payload)])
+    for batch in client.as_completed(app, requests):  # answers as they arrive
+        ...
 """

@@ -32,9 +32,11 @@ class Response(NamedTuple):
 
 
 class Failure(NamedTuple):
-    """No response. ``unprocessed``: the server certainly did not act on the request (refused,
-    past a GOAWAY, or never sent), so sending it again cannot duplicate it. ``timeout``: the
-    server went silent on this connection."""
+    """No response. ``unprocessed``: the server certainly did not act on the request (never
+    sent, REFUSED_STREAM, or past a GOAWAY's last stream id), so sending it again cannot
+    duplicate it. Otherwise the request left and its outcome is unknown (a late stream we
+    cancelled, another RST_STREAM code, the connection lost): the server may have acted on it.
+    ``timeout``: no answer in time (a late stream, a silent connection, no stream free)."""
 
     error: str
     unprocessed: bool = False

@@ -14,9 +14,19 @@ flow control both ways, PING, GOAWAY (streams past its last id are reported unpr
 can be sent again safely), RST_STREAM (REFUSED_STREAM likewise), stream-id exhaustion, and a
 connection error for a peer that breaks the protocol.
 
-Everything runs on one event loop; nothing here is thread-safe. Requests are submitted without
-awaiting and report through a future that always gets a result: a ``Response`` or a ``Failure``,
-never an exception, so a batch of thousands costs no exception handling.
+Timeouts. A request's timeout runs from when it gets a stream: time spent waiting for one (the
+server's SETTINGS_MAX_CONCURRENT_STREAMS reached) does not count. A stream unanswered past its
+deadline is cancelled alone (RST_STREAM CANCEL) and reported as a timeout whose outcome is
+unknown: the server may have acted on it. The connection is judged dead only when nothing at all
+(no frame of any kind) arrived on it for a stream's whole timeout; a PING sent after half a
+timeout of silence makes a live but slow server prove itself. Then every open stream fails
+(outcome unknown) and every waiting request fails unsent. Requests still waiting for a stream
+give up, unsent, when none has come free for a whole timeout (a server whose limit stays at 0).
+
+Everything runs on one event loop; nothing here is thread-safe. Requests are handed over without
+awaiting (``send``, with a callback; ``submit``, with a future) and always end in exactly one
+outcome, a ``Response`` or a ``Failure``, never an exception, so a batch of thousands costs no
+exception handling.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
+from collections.abc import Callable
 
 from tasks.push.apns import hpack_codec
 from tasks.push.apns.frames import (
@@ -75,17 +86,21 @@ MAX_BODY = 64 * 1024
 # Until the server's SETTINGS say otherwise (RFC 9113 allows unlimited; be modest).
 INITIAL_MAX_STREAMS = 100
 SWEEP_INTERVAL = 0.1  # seconds between timeout sweeps while streams are open
+PING_DATA = b"farm-ok?"  # our liveness probe's 8 bytes
 
+# Told each request's outcome, with the tag it was sent with; called on the loop, synchronously
+# from inside the connection's own processing, so it must not raise nor send on this connection.
+Done = Callable[[int, Outcome], None]
 
 
 class _Stream:
-    __slots__ = ("body", "deadline", "future", "headers", "id", "received", "status", "timeout",
-                 "window")
+    __slots__ = ("body", "deadline", "done", "headers", "id", "received", "started", "status",
+                 "tag", "timeout", "window")
 
-    def __init__(self, stream_id: int, future: asyncio.Future[Outcome], body: bytes,
-                 window: int, deadline: float, timeout: float) -> None:
-        self.id, self.future, self.body, self.window = stream_id, future, body, window
-        self.deadline, self.timeout = deadline, timeout
+    def __init__(self, stream_id: int, done: Done, tag: int, body: bytes, window: int,
+                 started: float, timeout: float) -> None:
+        self.id, self.done, self.tag, self.body, self.window = stream_id, done, tag, body, window
+        self.started, self.deadline, self.timeout = started, started + timeout, timeout
         self.status = 0
         self.headers: dict[str, str] = {}
         self.received = bytearray()
@@ -100,9 +115,10 @@ class Http2Connection(asyncio.Protocol):
         self.decoder = hpack_codec.Decoder()
         self.buffer = bytearray()
         self.out: list[bytes] = []
-        self.streams: dict[int, _Stream] = {}
-        # Requests waiting for a stream: (block, body, timeout, future, give up at).
-        self.waiting: deque[tuple[bytes, bytes, float, asyncio.Future[Outcome], float]] = deque()
+        self.streams: dict[int, _Stream] = {}  # in the order they started
+        # Requests waiting for a stream: (block, body, timeout, done, tag).
+        self.waiting: deque[tuple[bytes, bytes, float, Done, int]] = deque()
+        self.queue_moved = 0.0  # when the waiting queue last got a stream (or began)
         self.blocked: deque[_Stream] = deque()  # streams with body bytes awaiting window
         self.next_id = 1
         self.max_streams = min(INITIAL_MAX_STREAMS, stream_cap)
@@ -117,6 +133,8 @@ class Http2Connection(asyncio.Protocol):
         self.closed: str | None = None  # why, once no new stream may start here
         self.draining = False  # GOAWAY received or ids used up: finish open streams, start none
         self.last_used = loop.time()
+        self.heard = loop.time()  # when bytes last arrived from the server
+        self.pinged = False  # a liveness PING is out, and nothing has arrived since
         self.sweeper: asyncio.TimerHandle | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -164,7 +182,7 @@ class Http2Connection(asyncio.Protocol):
         self._fail_all(reason)
 
     def usable(self, idle_limit: float) -> bool:
-        if self.closed or self.draining:
+        if self.closed or self.draining or self.transport is None or self.transport.is_closing():
             return False
         if not self.streams and self.loop.time() - self.last_used > idle_limit:
             # Idle this long, a middlebox may have dropped it silently: start afresh.
@@ -181,24 +199,37 @@ class Http2Connection(asyncio.Protocol):
             self.transport.close()
         self._fail_all(reason)
 
-    def abort(self, reason: str) -> None:
+    def abort(self, reason: str, timeout: bool = False) -> None:
         if self.transport is not None:
             self.transport.abort()
-        self._fail_all(reason)
+        self._fail_all(reason, timeout)
 
     # -- requests ----------------------------------------------------------------------------------
 
-    def submit(self, block: bytes, body: bytes, timeout: float) -> asyncio.Future[Outcome]:
-        """Queue one request (a pre-encoded header block, a body); call ``flush`` after a burst."""
-        future: asyncio.Future[Outcome] = self.loop.create_future()
+    def send(self, block: bytes, body: bytes, timeout: float, done: Done, tag: int) -> None:
+        """Queue one request (a pre-encoded header block, a body); ``done(tag, outcome)`` is
+        called once it ends. ``timeout`` runs from when it gets a stream. Call ``flush`` after a
+        burst."""
         if self.closed or self.draining:
-            future.set_result(Failure(f"not sent: {self.closed or 'connection draining'}",
-                                      unprocessed=True))
+            done(tag, Failure(f"not sent: {self.closed or 'connection draining'}",
+                              unprocessed=True))
         elif len(self.streams) < self.max_streams and not self.waiting:
-            self._start(block, body, timeout, future)
+            self._start(block, body, timeout, done, tag)
         else:
-            self.waiting.append((block, body, timeout, future, self.loop.time() + timeout))
+            if not self.waiting:
+                self.queue_moved = self.loop.time()
+            self.waiting.append((block, body, timeout, done, tag))
             self._arm()
+
+    def submit(self, block: bytes, body: bytes, timeout: float) -> asyncio.Future[Outcome]:
+        """``send``, with a future for the outcome."""
+        future: asyncio.Future[Outcome] = self.loop.create_future()
+
+        def done(_: int, outcome: Outcome) -> None:
+            if not future.done():
+                future.set_result(outcome)
+
+        self.send(block, body, timeout, done, 0)
         return future
 
     def flush(self) -> None:
@@ -206,8 +237,7 @@ class Http2Connection(asyncio.Protocol):
             self.transport.write(b"".join(self.out))
         self.out.clear()
 
-    def _start(self, block: bytes, body: bytes, timeout: float,
-               future: asyncio.Future[Outcome]) -> None:
+    def _start(self, block: bytes, body: bytes, timeout: float, done: Done, tag: int) -> None:
         stream_id = self.next_id
         self.next_id += 2
         if self.next_id > MAX_STREAM_ID:
@@ -216,7 +246,7 @@ class Http2Connection(asyncio.Protocol):
             block, self.table_size_update = self.table_size_update + block, b""
         now = self.loop.time()
         self.last_used = now
-        stream = _Stream(stream_id, future, body, self.initial_window, now + timeout, timeout)
+        stream = _Stream(stream_id, done, tag, body, self.initial_window, now, timeout)
         self.streams[stream_id] = stream
         if len(block) <= self.max_frame:
             self.out.append(frame(HEADERS, END_HEADERS | (0 if body else END_STREAM), stream_id,
@@ -255,23 +285,24 @@ class Http2Connection(asyncio.Protocol):
             self.blocked.popleft()
 
     def _start_waiting(self) -> None:
-        while self.waiting and len(self.streams) < self.max_streams and not self.draining:
-            block, body, timeout, future, _ = self.waiting.popleft()
-            if not future.done():
-                self._start(block, body, timeout, future)
+        if self.waiting and len(self.streams) < self.max_streams and not self.draining:
+            self.queue_moved = self.loop.time()
+            while self.waiting and len(self.streams) < self.max_streams and not self.draining:
+                self._start(*self.waiting.popleft())
 
     def _finish(self, stream_id: int, outcome: Outcome) -> None:
         stream = self.streams.pop(stream_id, None)
-        if stream is not None and not stream.future.done():
-            stream.future.set_result(outcome)
+        if stream is not None:
+            stream.done(stream.tag, outcome)
 
-    def _fail_all(self, reason: str) -> None:
+    def _fail_all(self, reason: str, timeout: bool = False) -> None:
+        """No new stream starts here: open streams fail (outcome unknown: they were sent),
+        waiting requests fail unsent."""
         self.closed = self.closed or reason
         streams, self.streams = self.streams, {}
         for stream in streams.values():
-            if not stream.future.done():
-                stream.future.set_result(Failure(reason))
-        self._fail_waiting(f"not sent: {reason}")
+            stream.done(stream.tag, Failure(reason, timeout=timeout))
+        self._fail_waiting(f"not sent: {reason}", timeout)
         self.blocked.clear()
         if self.sweeper is not None:
             self.sweeper.cancel()
@@ -279,30 +310,39 @@ class Http2Connection(asyncio.Protocol):
 
     def _fail_waiting(self, error: str, timeout: bool = False) -> None:
         while self.waiting:
-            future = self.waiting.popleft()[3]
-            if not future.done():
-                future.set_result(Failure(error, unprocessed=True, timeout=timeout))
+            _, _, _, done, tag = self.waiting.popleft()
+            done(tag, Failure(error, unprocessed=True, timeout=timeout))
 
     def _sweep(self) -> None:
-        """A stream unanswered past its deadline means the server has gone silent: fail it, and
-        give up on this connection, so the rest is not sent into the silence."""
+        """Every SWEEP_INTERVAL while requests are open or waiting: cancel late streams alone,
+        probe a quiet connection with a PING, drop one that stayed silent for a whole timeout,
+        and give up the waiting queue when no stream came free for a whole timeout."""
         self.sweeper = None
         now = self.loop.time()
-        late = [s for s in self.streams.values() if s.deadline <= now]
-        if late:
-            error = f"timeout: no answer in {late[0].timeout:g}s"
+        quiet = now - self.heard
+        if self.streams:
+            oldest = next(iter(self.streams.values()))
+            if not self.pinged and min(quiet, now - oldest.started) >= oldest.timeout / 2:
+                self.out.append(frame(PING, 0, 0, PING_DATA))
+                self.pinged = True
+            late = [s for s in self.streams.values() if s.deadline <= now]
             for stream in late:
-                self._finish(stream.id, Failure(error, timeout=True))
-            self._fail_waiting(f"not sent: {error}", timeout=True)
-            for stream in list(self.streams.values()):  # sent into the silence too
-                self._finish(stream.id, Failure(error, timeout=True))
-            self.abort(error)
-            return
-        if self.waiting and self.waiting[0][4] <= now:
-            # No stream came free in time (the server's limit stayed at 0, or every stream is
-            # stuck): the queue is not sent into that either.
+                if quiet >= stream.timeout:  # not a byte for a whole timeout, PING included
+                    self.out.clear()
+                    self.abort(f"timeout: no answer in {stream.timeout:g}s and the connection "
+                               "silent", timeout=True)
+                    return
+                self.out.append(frame(RST_STREAM, 0, stream.id, CANCEL.to_bytes(4, "big")))
+                self._finish(stream.id, Failure(f"timeout: no answer in {stream.timeout:g}s",
+                                                timeout=True))
+            if late:
+                self._start_waiting()
+        if self.waiting and now - self.queue_moved >= self.waiting[0][2]:
+            # No stream came free for a whole timeout (the server's limit stayed at 0): the
+            # queue is given up, unsent.
             self._fail_waiting(f"not sent: no stream free in {self.waiting[0][2]:g}s",
                                timeout=True)
+        self.flush()
         if self.streams or self.waiting:
             self._arm()
 
@@ -317,6 +357,8 @@ class Http2Connection(asyncio.Protocol):
     # -- receiving ---------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        self.heard = self.loop.time()
+        self.pinged = False
         self.buffer += data
         try:
             frames, used = split_frames(self.buffer)  # we never raise SETTINGS_MAX_FRAME_SIZE

@@ -1,5 +1,6 @@
-"""The conformance tests' servers: a throwaway CA, our client's TLS context, and ``serve``, which
-starts scriptable h2 servers (h2_server.py) and stops them after the test."""
+"""The conformance tests' servers: a throwaway CA, our client's TLS context, ``serve``, which
+starts scriptable h2 servers (h2_server.py), and ``node_serve``, which starts scriptable servers on
+Node's built-in http2 module (node_server.py, node_h2_server.js); both stop them after the test."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 import trustme
 
 from tests.push.apns.h2_server import H2Server
+from tests.push.apns.node_server import NodeH2Server, node_binary
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +42,24 @@ def serve(ca: trustme.CA) -> Iterator[Callable[..., H2Server]]:
 
     def start(**kw: Any) -> H2Server:
         servers.append(H2Server(ca, **kw))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def node_serve(ca: trustme.CA, tmp_path: Path) -> Iterator[Callable[..., NodeH2Server]]:
+    """node_serve(settings={...}, rules={...}, ...): a Node http2 server (see node_h2_server.js
+    for the configuration). Skips the test where ``node`` is not installed."""
+    if node_binary() is None:
+        pytest.skip("node not found: the Node http2 conformance server needs `node` on PATH "
+                    "(Node's built-in http2 module, no npm packages)")
+    servers: list[NodeH2Server] = []
+
+    def start(**config: Any) -> NodeH2Server:
+        servers.append(NodeH2Server(ca, tmp_path, **config))
         return servers[-1]
 
     yield start

@@ -7,8 +7,10 @@ content-length), and such an error fails the test.
 Per test it is scripted with: its first SETTINGS, how each request is answered (``answer``, when
 the request has ended; ``on_request``, when its headers arrive), whether it hands back
 flow-control window by itself, and actions run on its loop (``server.do``): SETTINGS, PING,
-GOAWAY, RST_STREAM, WINDOW_UPDATE, raw frames, closing. It records what it received: h2's
-events, the requests (headers as h2 decoded them, bodies) and every frame in both directions.
+GOAWAY, RST_STREAM, WINDOW_UPDATE, raw frames, closing, and ``mute``: from then on nothing at all
+is written (not even h2's PING acknowledgements), a server gone silent with the TCP connection up.
+It records what it received: h2's events, the requests (headers as h2 decoded them, bodies) and
+every frame in both directions.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class Peer(asyncio.Protocol):
         self.alpn: str | None = None
         self.max_open = 0  # most streams h2 counted open at once
         self.lost = False
+        self.muted = False  # write nothing from now on
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -180,7 +183,12 @@ class Peer(asyncio.Protocol):
         self.flush()
         self.write(data)
 
+    def mute(self) -> None:
+        self.muted = True
+
     def write(self, data: bytes) -> None:
+        if self.muted:
+            return
         self._out += data
         parse_frames(self._out, self.frames_out)
         if self.transport is not None and not self.transport.is_closing():

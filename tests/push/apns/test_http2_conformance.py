@@ -682,9 +682,12 @@ def test_header_table_size_setting_is_answered_with_a_size_update(
 # -- 8, 9, 10. silence, closes, ALPN ------------------------------------------------------------
 
 
-def test_no_answer_times_out_every_stream_and_closes_the_connection(
+def test_a_late_stream_is_cancelled_alone_and_the_connection_kept(
         serve: Callable[..., H2Server], tls: ssl.SSLContext) -> None:
-    server = serve(settings={MAX_STREAMS: 3}, answer=None)
+    """One request left unanswered past its deadline while the others are answered: that stream
+    alone is reset (RST_STREAM CANCEL) and reported as a timeout of unknown outcome (the server
+    read it); the others and the connection carry on."""
+    server = serve(answer=lambda peer, seen: None if seen.id == 3 else ok(peer, seen))
 
     async def body() -> None:
         async with connected(server, tls) as conn:
@@ -693,12 +696,90 @@ def test_no_answer_times_out_every_stream_and_closes_the_connection(
             conn.flush()
             outcomes = await asyncio.gather(*futures)
             assert 0.3 <= time.monotonic() - started < 1.0
-            assert outcomes == 3 * [Failure("timeout: no answer in 0.3s", timeout=True)] + \
-                2 * [Failure("not sent: timeout: no answer in 0.3s", unprocessed=True,
-                             timeout=True)]
-            assert conn.closed == "timeout: no answer in 0.3s" and not conn.usable(300)
-            await until(lambda: server.peer.lost, "the connection dropped")
-            assert sum(s.ended for s in server.peer.streams.values()) == 3
+            assert outcomes[1] == Failure("timeout: no answer in 0.3s", timeout=True)
+            assert not outcomes[1].unprocessed  # it left: the outcome is unknown
+            assert [o for i, o in enumerate(outcomes) if i != 1] == [
+                Response(200, {"apns-id": f"id-{sid}"}, b"") for sid in (1, 5, 7, 9)]
+            peer = server.peer
+            await until(lambda: peer.of(h2e.StreamReset), "our RST_STREAM")
+            assert [(e.stream_id, e.error_code) for e in peer.of(h2e.StreamReset)] == [(3, 8)]
+            assert conn.usable(300) and not peer.lost
+            again = post(conn, server, 9, timeout=0.3)
+            conn.flush()
+            assert await again == Response(200, {"apns-id": "id-11"}, b"")
+        clean(server)
+
+    run(body())
+
+
+def test_a_server_answering_nothing_but_pings_keeps_the_connection(
+        serve: Callable[..., H2Server], tls: ssl.SSLContext) -> None:
+    """No request answered at all, yet the server acknowledges our PING (sent after half a
+    timeout of silence): every stream is cancelled alone, the connection lives on."""
+    server = serve(settings={MAX_STREAMS: 3}, answer=None)
+
+    async def body() -> None:
+        async with connected(server, tls) as conn:
+            futures = [post(conn, server, i, timeout=0.4) for i in range(5)]
+            conn.flush()
+            outcomes = await asyncio.gather(*futures)
+            assert outcomes == 5 * [Failure("timeout: no answer in 0.4s", timeout=True)]
+            peer = server.peer
+            pings = [f.payload for f in peer.frames_in if f.kind == PING]
+            assert pings and set(pings) == {b"farm-ok?"}  # about one per half timeout of quiet
+            await until(lambda: len(peer.of(h2e.StreamReset)) == 5, "5 RST_STREAMs")
+            assert {e.error_code for e in peer.of(h2e.StreamReset)} == {8}  # CANCEL
+            assert conn.usable(300) and not peer.lost
+        clean(server)
+
+    run(body())
+
+
+def test_a_silent_connection_is_dropped_after_a_whole_timeout(
+        serve: Callable[..., H2Server], tls: ssl.SSLContext) -> None:
+    """Nothing at all arrives any more (not even the acknowledgement of our PING): once a stream
+    has waited its whole timeout in that silence, the connection is judged dead; its open
+    streams fail as timeouts of unknown outcome, the requests waiting for a stream unsent."""
+    server = serve(settings={MAX_STREAMS: 3}, answer=None)
+
+    async def body() -> None:
+        async with connected(server, tls) as conn:
+            await server.do(Peer.mute)
+            started = time.monotonic()
+            futures = [post(conn, server, i, timeout=0.3) for i in range(5)]
+            conn.flush()
+            outcomes = await asyncio.gather(*futures)
+            assert 0.3 <= time.monotonic() - started < 1.0
+            error = "timeout: no answer in 0.3s and the connection silent"
+            assert outcomes == 3 * [Failure(error, timeout=True)] + \
+                2 * [Failure(f"not sent: {error}", unprocessed=True, timeout=True)]
+            assert conn.closed == error and not conn.usable(300)
+            peer = server.peer
+            await until(lambda: peer.lost, "the connection dropped")
+            assert [f.payload for f in peer.frames_in if f.kind == PING] == [b"farm-ok?"]
+            assert sum(s.ended for s in peer.streams.values()) == 3
+        clean(server)
+
+    run(body())
+
+
+def test_a_requests_timeout_runs_from_when_it_gets_a_stream(
+        serve: Callable[..., H2Server], tls: ssl.SSLContext) -> None:
+    """A slow server (0.2 s an answer) with 2 streams: 10 requests take 1 s, over three times
+    their 0.3 s timeout, and every one is answered: waiting for a stream does not count."""
+    server = serve(settings={MAX_STREAMS: 2}, answer=lambda peer, seen: peer.respond(
+        seen.id, 200, [(b"apns-id", f"id-{seen.id}".encode())], delay=0.2))
+
+    async def body() -> None:
+        async with connected(server, tls) as conn:
+            started = time.monotonic()
+            futures = [post(conn, server, i, timeout=0.3) for i in range(10)]
+            conn.flush()
+            outcomes = await asyncio.gather(*futures)
+            assert time.monotonic() - started >= 1.0
+            assert outcomes == [Response(200, {"apns-id": f"id-{2 * i + 1}"}, b"")
+                                for i in range(10)]
+            assert server.peer.max_open == 2
         clean(server)
 
     run(body())
