@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve test unit lint bench clean
+.PHONY: install demo serve test unit lint bench chaos clean
 
 install: $(STAMP)
 
@@ -42,6 +42,11 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.fanout
 	$(BIN)/python -m bench.push
 	$(BIN)/python -m bench.fetch
+
+# The farm's chaos suite: real workers killed, stopped and restarted, a broker crashed, then
+# every feed entry, push and task accounted for; the last line is the summary (README, "Chaos").
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache *.egg-info

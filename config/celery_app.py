@@ -40,6 +40,11 @@ def celery_config(s: Settings) -> dict[str, Any]:
         # At-least-once delivery: ack after the task, requeue if its process dies.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # A task whose hard time limit fires goes back to its queue instead of being acked away
+        # (Celery's default): a child SIGKILLed just after taking a job is only noticed when the
+        # limit fires, and acking then lost the job (found by `make chaos`). The redelivery cap
+        # dead-letters a task that really overruns, after FARM_MAX_DELIVERIES starts.
+        "task_acks_on_timeout": False,
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "broker_connection_retry_on_startup": True,

