@@ -13,6 +13,11 @@ from dataclasses import dataclass
 from config.queues import Q, check_queues
 from config.settings import Settings
 
+# What `--pool prefork` means in a farm worker: Celery's prefork pool, except that a warm shutdown
+# never drops a task a child already holds and acks what finishes at once (workers/prefork.py).
+# `farm worker` sets it as Celery's worker_pool, which the CLI's --pool prefork defers to.
+PREFORK_POOL = "workers.prefork:TaskPool"
+
 
 @dataclass(frozen=True)
 class Profile:

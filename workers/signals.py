@@ -7,11 +7,14 @@ import sys
 from typing import Any
 
 from celery.signals import (
+    task_received,
     worker_process_shutdown,
     worker_ready,
     worker_shutdown,
     worker_shutting_down,
 )
+
+from workers import faults
 
 log = logging.getLogger("farm.worker")
 
@@ -20,6 +23,12 @@ log = logging.getLogger("farm.worker")
 def _ready(sender: Any = None, **_: Any) -> None:
     queues = sorted(q.name for q in sender.app.amqp.queues.consume_from.values()) if sender else []
     log.info("farm worker %s ready, queues=%s", getattr(sender, "hostname", "?"), ",".join(queues))
+
+
+if faults.armed("received"):  # a test's warm shutdown as a message arrives (workers/faults.py)
+    @task_received.connect
+    def _sigterm_on_receipt(**_: Any) -> None:
+        faults.sigterm_self_once("received")
 
 
 @worker_shutting_down.connect

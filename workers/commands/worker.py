@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from config.queues import check_queues
 from config.settings import get_settings
-from workers.profiles import PROFILES, get_profile, worker_argv
+from workers.profiles import PREFORK_POOL, PROFILES, get_profile, worker_argv
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,6 +32,9 @@ def run(args: argparse.Namespace) -> int:
     s = get_settings()  # validates the environment before Celery starts
     from config.celery_app import app
     from workers import signals  # noqa: F401  (connects the worker hooks)
+
+    if profile.pool == "prefork":  # the CLI's --pool prefork defers to this setting
+        app.conf.worker_pool = PREFORK_POOL
 
     # celery-types declares worker_main NoReturn; it returns once the worker has shut down.
     worker_main: Callable[[list[str]], None] = app.worker_main
