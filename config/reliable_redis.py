@@ -1,5 +1,6 @@
 """Reliable fetch on Redis: kombu's Redis transport, with taking a message off its queue and
-recording it as in flight made one atomic step on the server.
+recording it as in flight made one atomic step on the server. Long because it is one kombu
+channel: fetching, waiting, claiming, recovery and close must be read together.
 
 Why: the stock transport BRPOPs a message and only then, in the client, records it as unacked.
 A consumer that dies between the two (SIGKILL, the OOM killer, a node lost) loses that message

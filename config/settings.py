@@ -1,4 +1,5 @@
 """One typed settings object, read from FARM_* environment variables (and an optional .env).
+Long because it is the one place every setting, its default and its check live.
 
 Every field maps to ``FARM_<NAME>``; secret fields may instead be read from the file named by
 ``FARM_<NAME>_FILE``. A bad value stops start-up with one line naming the variable.

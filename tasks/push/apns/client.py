@@ -1,4 +1,5 @@
 """The one small HTTP adapter to APNs: HTTP/2 over TLS, many streams on one connection.
+Long because it is one adapter: the loop thread, connections, resend rules and results together.
 
 Celery's io workers call this from many threads, synchronously. Each process runs ONE asyncio
 event loop in a daemon thread holding one HTTP/2 connection per endpoint (``http2``, our own lean
