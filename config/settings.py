@@ -11,7 +11,9 @@ loader (ints, floats, bools, strings, paths, lists) does the job without a compi
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from functools import cache
@@ -121,6 +123,44 @@ class Settings:
     # TooManyProviderTokenUpdates. 0 (tests) re-signs whatever the age.
     apns_min_resign_age: int = 1200
 
+    # Third-party tokens (X, Facebook, webhook secrets) are encrypted at rest with these Fernet
+    # keys, newest first (MultiFernet: the first encrypts, every one decrypts; README, "Rotating
+    # the token key"). Empty: one key made on first use in FARM_STATE_DIR/token-keys (one machine).
+    token_keys: str = _secret()
+    # A photo's public page, linked from cross-posts and webhooks.
+    photo_link: str = "https://photofarm.example/p/{photo_id}"
+
+    # Cross-posting. X: the app's OAuth 1.0a consumer key and secret (users' tokens are linked
+    # with `farm social link`). The API roots are settings so the demo and tests can point the
+    # real libraries at local stand-ins.
+    twitter_consumer_key: str = _secret()
+    twitter_consumer_secret: str = _secret()
+    twitter_api_url: str = "https://api.x.com"
+    facebook_graph_url: str = "https://graph.facebook.com/"
+    # facebook-sdk 3.1.0's constructor accepts only versions up to 3.1, long retired: the farm
+    # sets this one on the instance (DESIGN, "Social").
+    facebook_graph_version: str = "v24.0"
+    social_timeout: float = 20.0  # seconds per HTTP request to X or Facebook
+    # Farm-wide limits ("N/period", the `limits` package's notation), per network for the app and
+    # per linked account, shared by every worker through the data Redis. X: 10,000 posts a day per
+    # app, 100 per 15 minutes per user (X's v2 limits for POST /2/tweets). Facebook: the Page
+    # limit scales with engagement; these stay well under the usual floor.
+    twitter_app_limit: str = "10000/day"
+    twitter_account_limit: str = "100/15minutes"
+    facebook_app_limit: str = "600/hour"
+    facebook_account_limit: str = "50/hour"
+
+    # Real-time subscriber webhooks.
+    webhook_timeout: float = 5.0  # seconds to connect, and for the whole answer
+    webhook_max_response_bytes: int = 64 * 1024  # read no more of a subscriber's answer
+    webhook_pause_after: int = 10  # failed deliveries in a row that pause a subscription
+    webhook_concurrency: int = 8  # subscribers one deliver task sends to at once
+    webhook_log_days: float = 7.0  # how far back `farm webhooks replay` can reach
+    webhook_rate_limit: str = "50/second"  # per subscription, farm-wide
+    # Networks a callback may resolve to although private, loopback or link-local (tests, a
+    # demo receiver on this machine); empty: only public addresses (the SSRF guard).
+    webhook_allow_networks: tuple[str, ...] = ()
+
     extra_imports: tuple[str, ...] = ()  # further task modules, comma separated
 
     def __post_init__(self) -> None:
@@ -186,6 +226,25 @@ def _validate(s: Settings) -> None:
            "must be between 1500 and 3000 seconds (Apple: re-sign every 20-60 minutes)")
     _check(0 <= s.apns_min_resign_age <= 1200, "apns_min_resign_age",
            "must be between 0 and 1200 seconds (Apple: re-sign at most every 20 minutes)")
+    for name in ("social_timeout", "webhook_timeout", "webhook_max_response_bytes",
+                 "webhook_pause_after", "webhook_concurrency", "webhook_log_days"):
+        _check(getattr(s, name) > 0, name, f"must be positive, got {getattr(s, name)}")
+    for name in ("twitter_app_limit", "twitter_account_limit", "facebook_app_limit",
+                 "facebook_account_limit", "webhook_rate_limit"):
+        _check(_is_limit(getattr(s, name)), name,
+               f"must be a limit like 100/15minutes or 10/second, got {getattr(s, name)!r}")
+    for name in ("twitter_api_url", "facebook_graph_url"):
+        _check(urlsplit(getattr(s, name)).scheme in ("http", "https"), name,
+               f"must be an http(s):// URL, got {getattr(s, name)!r}")
+    _check(bool(re.fullmatch(r"v\d+\.\d+", s.facebook_graph_version)), "facebook_graph_version",
+           f"must look like v24.0, got {s.facebook_graph_version!r}")
+    _check("{photo_id}" in s.photo_link, "photo_link", "must contain {photo_id}")
+    for net in s.webhook_allow_networks:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            _check(False, "webhook_allow_networks",
+                   f"must be comma-separated networks like 127.0.0.0/8, got {net!r}")
     for url in s.feed_shards:
         _check(urlsplit(url).scheme in ("redis", "rediss", "unix"), "feed_shards",
                f"must be comma-separated redis:// URLs, got {url!r}")
@@ -202,6 +261,15 @@ def _validate(s: Settings) -> None:
     _check(s.visibility_timeout > floor, "visibility_timeout",
            f"must exceed FARM_TASK_TIME_LIMIT + FARM_RETRY_MAX_DELAY ({floor:g}s), "
            f"got {s.visibility_timeout}")
+
+
+_LIMIT = re.compile(r"\s*\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day|month|year)s?\s*",
+                    re.IGNORECASE)
+
+
+def _is_limit(text: str) -> bool:
+    """One rate in the `limits` package's notation (checked here; config imports no library)."""
+    return bool(_LIMIT.fullmatch(text))
 
 
 _TRUE = {"1", "true", "yes", "on"}

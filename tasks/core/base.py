@@ -31,7 +31,7 @@ from config.settings import get_settings
 from tasks.core import metrics, timing, validation
 from tasks.core.backoff import retry_delay
 from tasks.core.deadletter import DeadLetter, DeadLetterStore
-from tasks.core.errors import PermanentError, TransientError
+from tasks.core.errors import PermanentError, RateLimited, TransientError
 from tasks.core.publish import PUBLISH_PATIENCE
 from tasks.core.redis import data_redis
 
@@ -40,6 +40,10 @@ log = logging.getLogger("farm.task")
 P = ParamSpec("P")
 R = TypeVar("R")
 ErrorTypes = tuple[type[BaseException], ...]
+
+# A task delayed by rate limits this often is dead-lettered: at X's 100 posts per 15 minutes
+# that is a backlog of about a day for one account, which an operator should look at.
+MAX_RATE_LIMIT_DELAYS = 100
 
 # Errors every task may retry: the data Redis blinking, or the task running out of its time.
 ALWAYS_TRANSIENT: ErrorTypes = (
@@ -124,7 +128,9 @@ class FarmTask(Task[P, R]):
             try:
                 return self.retry(
                     exc=exc,  # type: ignore[arg-type]  # celery-types: Exception; Celery takes any
-                    countdown=delay, max_retries=self.max_retries, throw=False)
+                    # _retry_delay has decided; rate-limit waits are not counted against
+                    # max_retries, so Celery's own count must not refuse this one
+                    countdown=delay, max_retries=self.request.retries + 1, throw=False)
             except Reject as refused:  # the retry's publish failed; the message is still ours
                 cause = refused.args[0] if refused.args else refused
             if time.monotonic() + pause > deadline:
@@ -137,13 +143,40 @@ class FarmTask(Task[P, R]):
             pause = min(pause * 2, 2.0)
 
     def _retry_delay(self, exc: BaseException) -> float | None:
-        """Seconds until the retry of a transient error, or None when it must not retry."""
+        """Seconds until the retry of a transient error, or None when it must not retry.
+
+        A rate-limit wait (:class:`RateLimited`) is counted apart, in the data Redis under the
+        task's id, so waiting for quota never uses up the retries meant for failures."""
         req = self.request
-        if self.classify(exc) != "transient" or req.retries >= self.max_retries:
+        if self.classify(exc) != "transient":
             return None
         s = get_settings()
-        return retry_delay(req.retries, s.retry_base_delay, s.retry_max_delay,
+        delays = self._rate_limit_delays(bump=isinstance(exc, RateLimited))
+        if isinstance(exc, RateLimited):
+            if delays > MAX_RATE_LIMIT_DELAYS:
+                return None
+            return retry_delay(0, s.retry_base_delay, s.retry_max_delay,
+                               exc.retry_after or s.retry_base_delay)
+        if req.retries - delays >= self.max_retries:
+            return None
+        return retry_delay(req.retries - delays, s.retry_base_delay, s.retry_max_delay,
                            getattr(exc, "retry_after", None))
+
+    def _rate_limit_delays(self, *, bump: bool) -> int:
+        """How many of this task's retries were rate-limit waits (counting this one if ``bump``)."""
+        req = self.request
+        if req.is_eager or not req.id:
+            return 0
+        s = get_settings()
+        key = s.key("ratelimited", req.id)
+        r = data_redis()
+        if not bump:
+            return int(r.get(key) or 0)
+        pipe = r.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, s.visibility_timeout * (MAX_RATE_LIMIT_DELAYS + 2))
+        count, _ = pipe.execute()
+        return int(count)
 
     def classify(self, exc: BaseException) -> str:
         """permanent (declared, or PermanentError), transient (declared), or error (a bug)."""

@@ -13,3 +13,9 @@ class TransientError(Exception):
 
 class PermanentError(Exception):
     """Retrying cannot help: corrupt input, unknown id, revoked token. Dead-lettered at once."""
+
+
+class RateLimited(TransientError):
+    """Over a farm-wide rate limit or a server's quota: the task waits ``retry_after`` seconds and
+    runs again. Such waits do not use up the task's retries (a busy hour is not a failure); the
+    task base caps how many it takes (``MAX_RATE_LIMIT_DELAYS``)."""

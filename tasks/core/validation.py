@@ -309,6 +309,11 @@ def social_crosspost(photo_id: object, owner_id: object, network: object,
             "caption": valid_text("caption", caption, MAX_CAPTION)}
 
 
+def webhooks_deliver(photo_id: object, owner_id: object, caption: object = "") -> dict[str, Any]:
+    return {**photo_of_owner(photo_id, owner_id),
+            "caption": valid_text("caption", caption, MAX_CAPTION)}
+
+
 def webhooks_replay(subscriber_id: object, since: object) -> dict[str, Any]:
     return {"subscriber_id": valid_int("subscriber_id", subscriber_id, 1, MAX_PHOTO_ID),
             "since": valid_number("since", since, 0, 2**40)}
@@ -354,7 +359,7 @@ MESSAGES: dict[str, Checker] = {
     "feeds.activity": feeds_activity,
     "push.notify": push_notify,
     "social.crosspost": social_crosspost,
-    "webhooks.deliver": photo_of_owner,
+    "webhooks.deliver": webhooks_deliver,
     "webhooks.replay": webhooks_replay,
     "batch.deadletter_report": no_arguments,
     "batch.sweep": no_arguments,

@@ -30,7 +30,8 @@ def start_follow_ons(photo_id: int, owner_id: int, caption: str, share_to: Seque
     for network in share_to:
         publish.send("social.crosspost", {
             "photo_id": photo_id, "owner_id": owner_id, "network": network, "caption": caption})
-    publish.send("webhooks.deliver", {"photo_id": photo_id, "owner_id": owner_id})
+    publish.send("webhooks.deliver",
+                 {"photo_id": photo_id, "owner_id": owner_id, "caption": caption})
 
 
 def make_and_store_variants(photo_id: int, original_key: str, version: int, store: BlobStore,

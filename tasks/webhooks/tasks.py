@@ -6,7 +6,7 @@ from tasks.core.base import farm_task
 
 
 @farm_task("webhooks.deliver")
-def deliver(photo_id: int, owner_id: int) -> None:
+def deliver(photo_id: int, owner_id: int, caption: str = "") -> None:
     """Notify every subscriber of the owner's new photo."""
 
 
