@@ -36,7 +36,7 @@ NETWORKS = ("twitter", "facebook")
 ACTIVITY_KINDS = ("like", "comment", "follow", "mention")
 PHOTO_KINDS = ("like", "comment")  # about a photo: the entry must name it
 PRIORITIES = (1, 5, 10)  # APNs' apns-priority values
-FLAKY_MODES = ("transient", "permanent", "bug", "crash")
+FLAKY_MODES = ("transient", "permanent", "bug", "crash", "ratelimited")
 TOKEN_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")  # event, notification and marker ids: part of keys
 
 

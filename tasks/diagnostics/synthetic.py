@@ -7,7 +7,7 @@ import os
 import time
 
 from config.settings import get_settings
-from tasks.core.errors import PermanentError, TransientError
+from tasks.core.errors import PermanentError, RateLimited, TransientError
 from tasks.core.redis import data_redis
 
 
@@ -23,6 +23,9 @@ def flaky(marker: str, fail_times: int, mode: str = "transient", retry_after: fl
         if mode == "transient":
             raise TransientError(f"run {run} of {marker} fails on purpose",
                                  retry_after=retry_after or None)
+        if mode == "ratelimited":
+            raise RateLimited(f"run {run} of {marker} is over a rate limit on purpose",
+                              retry_after=retry_after or None)
         if mode == "permanent":
             raise PermanentError(f"run {run} of {marker} fails on purpose")
         if mode == "crash":

@@ -59,6 +59,19 @@ def test_retries_exhausted_land_in_the_dead_letter_store(
     assert "tasks/diagnostics/synthetic.py" in entry.traceback
 
 
+def test_rate_limit_waits_do_not_use_up_the_retries(
+        data: redis.Redis, workers: WorkerFactory) -> None:
+    """Six waits for quota, twice FARM_RETRY_MAX=3: the task still runs to the end, each wait at
+    least what the limiter asked for, and nothing is dead-lettered."""
+    workers("batch")
+    flaky("rl", fail_times=6, mode="ratelimited", retry_after=0.1)
+    wait_for(lambda: data.get("farm:diag:rl:done"), timeout=60, what="the waits to end")
+    times = runs(data, "rl")
+    assert len(times) == 7
+    assert all(b - a >= 0.1 for a, b in itertools.pairwise(times))
+    assert store(data).count() == 0
+
+
 @pytest.mark.parametrize(("mode", "reason", "error"), [
     ("permanent", "permanent", "PermanentError: run 1 of {m} fails on purpose"),
     ("bug", "error", "RuntimeError: run 1 of {m} hits a bug on purpose"),
