@@ -24,6 +24,7 @@ from tasks.core import metrics
 from tasks.core.deadletter import DeadLetterStore
 from tasks.core.validation import check
 from tasks.photos.records import PhotoRecords
+from tasks.webhooks.subscriptions import Subscriptions
 from tests.support import corpus
 from tests.support.workers import WorkerFactory, wait_for
 from workers.launcher import WorkerProcess
@@ -89,6 +90,11 @@ def test_messages_captured_before_the_restructuring_run_ok_on_the_new_code(
     store = DeadLetterStore(data, s)
     # Preconditions the captured messages assume: the upload's original is in the blob store.
     open_store(s).put(ORIGINAL, corpus.oriented_jpeg(6), content_type="image/jpeg")
+    # and the subscription the captured webhooks.replay names (id 7) exists: an unknown one is
+    # now a permanent failure, as a replay for no one should be.
+    data.set(s.key("webhooks", "next_id"), 6)
+    sub, _ = Subscriptions(data, s).add("user", 1, "https://hooks.example/cb", verify=False)
+    assert sub.id == 7
 
     first = [e for e in CAPTURED if task_of(e) not in LATER]
     later = [e for e in CAPTURED if task_of(e) in LATER]

@@ -10,7 +10,7 @@ from config.settings import SettingsError
 
 # Subcommand modules, each with register(subparsers); imported lazily so `farm --help` is quick.
 COMMANDS = ("worker", "ping", "deadletter", "batch", "stats", "supervise", "flower", "beat",
-            "resize", "photo", "feeds", "bench", "demo")
+            "resize", "photo", "feeds", "social", "webhooks", "bench", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
