@@ -7,7 +7,7 @@ import runpy
 import sys
 
 BENCHMARKS = {"enqueue": "bench.enqueue", "resize": "bench.resize", "fanout": "bench.fanout",
-              "push": "bench.push", "fetch": "bench.fetch"}
+              "push": "bench.push", "fetch": "bench.fetch", "webhooks": "bench.webhooks"}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
