@@ -3,7 +3,10 @@
 Starts an embedded Redis-compatible server (unless FARM_BROKER_URL is set), one real worker
 process per profile, pushes a sample workload through every queue (uploads, follows, a delete,
 a push, a flaky job that retries, one that is dead-lettered and replayed, both batch jobs), prints
-what happened and stops everything it started. ``--serve`` keeps it running with beat and Flower.
+what happened and stops everything it started. Cross-posts go to a local stand-in of X's and
+Facebook's APIs (workers/demo_social.py) through the real tweepy and facebook-sdk, and webhooks
+to a local subscriber that verifies each signature (workers/demo_webhooks.py). ``--serve``
+keeps it running with beat and Flower.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from pathlib import Path
 
 from config.queues import QUEUES
 from config.settings import load_settings
+from workers.demo_social import SocialStandIn
+from workers.demo_webhooks import WebhookReceiver
 from workers.embedded_redis import EmbeddedRedis
 from workers.launcher import WorkerProcess, stop_all
 
@@ -29,7 +34,7 @@ WORKERS = {"cpu": 1, "feed": 1, "io": 4, "batch": 1}  # profile -> concurrency
 UPLOADS = [  # photo id, owner, original's key (see workers/demo_photos.py), caption, share_to
     (101, 1, "originals/101.jpg", "first light", ["twitter"]),
     (102, 1, "originals/102.png", "harbour", []),
-    (103, 2, "originals/103.jpg", "coffee", ["facebook", "twitter"]),
+    (103, 2, "originals/103.jpg", "morning #coffee", ["facebook", "twitter"]),
     (104, 3, "originals/104.gif", "", []),
     (105, 2, "originals/105.jpg", "night walk", ["facebook"]),
 ]
@@ -77,22 +82,46 @@ def run_demo(serve: bool = False) -> int:
     state = Path(os.environ.get("FARM_STATE_DIR", "var")) / "demo"
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    with redis_for_demo() as redis_env:
+    with redis_for_demo() as redis_env, SocialStandIn() as apis, WebhookReceiver() as hooks:
+        # The stand-ins always: the demo never posts to the real X or Facebook. The webhook
+        # subscriber is on this machine, which the SSRF guard refuses unless allowed.
         env = {"FARM_STORAGE_URL": f"file://{(state / 'blobs').resolve()}", **os.environ,
-               **DEMO_ENV, **redis_env, "FARM_STATE_DIR": str(state)}
+               **DEMO_ENV, **redis_env, "FARM_STATE_DIR": str(state), **apis.env(),
+               "FARM_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8"}
         os.environ.update({k: v for k, v in env.items() if k.startswith("FARM_")})
         load_settings()  # a configuration error stops here, with the variable named
         say(f"starting workers: {', '.join(f'{p} x{n}' for p, n in WORKERS.items())} "
             f"(logs in {logs})")
         with farm_processes(env, logs):
-            ok = push_workload()
+            ok = push_workload(apis, hooks)
             if serve:
                 ok = serve_until_interrupted(env, logs) and ok
         say("stopped every process the demo started")
     return 0 if ok else 1
 
 
-def push_workload() -> bool:
+def link_and_subscribe(apis: SocialStandIn, hooks: WebhookReceiver) -> None:
+    """What users did in the web tier before posting: linked accounts, subscribed endpoints."""
+    from config.settings import get_settings
+    from tasks.core.redis import data_redis
+    from tasks.social.accounts import LinkedAccounts
+    from tasks.webhooks.subscriptions import Subscriptions
+
+    s = get_settings()
+    accounts = LinkedAccounts(data_redis(), s)
+    for user in (1, 2):
+        accounts.link_twitter(user, *apis.add_x_user(f"demo{user}"), handle=f"demo{user}")
+    accounts.link_facebook(2, *apis.add_page("Demo Page"), page_name="Demo Page")
+    say("  users 1 and 2 linked their X accounts, user 2 a Facebook Page (tokens sealed at rest)")
+    subs = Subscriptions(data_redis(), s)
+    for obj, oid, path in (("user", 1, "/user-1"), ("tag", "coffee", "/tag-coffee")):
+        sub, secret = subs.add(obj, oid, hooks.url(path))  # answers the challenge first
+        hooks.secrets[path] = secret
+        say(f"  subscription {sub.id}: new photos of {obj} {oid} -> {hooks.url(path)} "
+            "(challenge answered)")
+
+
+def push_workload(apis: SocialStandIn, hooks: WebhookReceiver) -> bool:
     from config.celery_app import app
     from config.settings import get_settings
     from tasks import enqueue
@@ -117,6 +146,8 @@ def push_workload() -> bool:
         say(f"  {q:<15} {'no answer' if rtt is None else f'{rtt * 1000:7.1f} ms'}")
 
     before = collect(s)["tasks"]
+    say("\n== the web tier links accounts and takes real-time subscriptions")
+    link_and_subscribe(apis, hooks)
     say(f"\n== the web tier stores {len(UPLOADS) + 1} originals in {s.storage_url} and enqueues "
         "(ids and keys only)")
     feeds = feed_store(s)
@@ -169,6 +200,8 @@ def push_workload() -> bool:
     def all_done() -> bool:
         c = counts()
         return (all(c.get(t, {}).get("ok", 0) >= n for t, n in expected.items())
+                and len(apis.tweets()) >= 2 and len(apis.page_photos()) >= 2
+                and len(hooks.received()) >= 3
                 and dead.get(doomed) is not None and dead.get(broken) is not None
                 and bool(r.get(s.key("diag", transient, "done"))))
 
@@ -183,6 +216,17 @@ def push_workload() -> bool:
         replayed = wait_until(lambda: bool(r.get(s.key("diag", permanent, "done"))), 30)
         say(f"  replay {'succeeded' if replayed else 'did NOT succeed'}")
         finished = finished and replayed
+
+    say("\n== cross-posts, as the X and Facebook stand-ins received them")
+    for t in apis.tweets():
+        say(f"  X @{t.user}: {t.text!r} with media {', '.join(t.media_ids)}")
+    for ph in apis.page_photos():
+        say(f"  Facebook Page {ph.page_id}: photo {ph.size} bytes, {ph.message!r}")
+    say("\n== webhooks, as the subscriber received them")
+    for rec in hooks.received():
+        say(f"  {rec.path}: {rec.webhook_id}  signature "
+            f"{'verified' if rec.verified else 'NOT verified: ' + rec.error}")
+    finished = finished and all(rec.verified for rec in hooks.received())
 
     say("\n== photo records (what the web tier reads)")
     records = PhotoRecords(r, s)

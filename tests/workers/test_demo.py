@@ -31,6 +31,13 @@ def test_demo_runs_end_to_end_with_no_configuration(tmp_path: Path) -> None:
              if line.startswith("  ") and line.split()[0].count(".") == 1}
     assert table["photos.process"][:3] == ["5", "0", "1"]  # the truncated upload: dead-lettered
     assert table["social.crosspost"][0] == "4"
+    # Cross-posted through the real libraries to the stand-ins, and webhooks signed and verified.
+    assert "X @demo1: 'first light https://photofarm.example/p/101' with media" in text
+    assert "X @demo2: 'morning #coffee https://photofarm.example/p/103' with media" in text
+    assert text.count("\n  Facebook Page ") == 2
+    assert r"'night walk\n\nhttps://photofarm.example/p/105'" in text
+    for hook in ("/user-1: msg_1_101", "/user-1: msg_1_102", "/tag-coffee: msg_2_103"):
+        assert f"{hook}  signature verified" in text
     assert table["diag.flaky"][:3] == ["2", "2", "1"]  # ok, retries, dead-lettered
     assert text.rstrip().endswith("stopped every process the demo started")
     # Nothing left running: every worker's log ends with its warm shutdown.
