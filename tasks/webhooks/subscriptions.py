@@ -235,6 +235,20 @@ class Subscriptions:
         ids = sorted(int(i) for i in cast("set[str]", self.r.smembers(self.index_key())))
         return self._load(ids)
 
+    def rotate(self) -> int:
+        """Every signing secret resealed under the newest FARM_TOKEN_KEYS key (`farm social
+        rotate-keys`); the secrets themselves, and so the subscribers' checks, do not change."""
+        done = 0
+        for sub in self.list():
+            if not sub.sealed_secret:
+                continue
+            fresh = sealed.reseal(sub.sealed_secret, self.s)
+            # only if it still holds what was read: a subscription removed meanwhile stays gone
+            if self.r.hget(self.key(sub.id), "secret") == sub.sealed_secret:
+                self.r.hset(self.key(sub.id), "secret", fresh)
+                done += 1
+        return done
+
     def pause(self, subscription_id: int, reason: str = "paused by an operator") -> Subscription:
         """Pause (deliveries are logged, not sent); an already paused one keeps its paused_at."""
         done = STATE(self.r, [self.key(subscription_id)],

@@ -139,3 +139,19 @@ def test_challenge_url_keeps_the_callbacks_query() -> None:
     url = challenge_url("https://h.example/cb?app=1", "c h", "t&k")
     assert url == ("https://h.example/cb?app=1&hub.mode=subscribe&hub.challenge=c+h"
                    "&hub.verify_token=t%26k")
+
+
+def test_key_rotation_reseals_every_signing_secret(
+        data: redis.Redis, configure: Configure) -> None:
+    old, new = sealed.new_key(), sealed.new_key()
+    s = configure(FARM_TOKEN_KEYS=old)
+    made = [Subscriptions(data, s).add("user", OWNER + i, f"https://hooks.example/{i}",
+                                       verify=False) for i in range(3)]
+    before = {sub.id: data.hget(f"farm:webhooks:sub:{sub.id}", "secret") for sub, _ in made}
+    s = configure(FARM_TOKEN_KEYS=f"{new},{old}")
+    assert Subscriptions(data, s).rotate() == 3
+    s = configure(FARM_TOKEN_KEYS=new)  # the old key dropped
+    for sub, secret in made:
+        raw = data.hget(f"farm:webhooks:sub:{sub.id}", "secret")
+        assert raw != before[sub.id] and secret not in str(raw)
+        assert Subscriptions(data, s).get(sub.id).secret(s) == secret  # subscribers unaffected

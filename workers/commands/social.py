@@ -71,7 +71,11 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "list":
             return _list(accounts.listing(), as_json=args.json)
         if args.action == "rotate-keys":
-            print(f"resealed {accounts.rotate()} account(s) under the newest key")
+            from tasks.webhooks.subscriptions import Subscriptions
+
+            print(f"resealed {accounts.rotate()} account(s) and "
+                  f"{Subscriptions(data_redis(), s).rotate()} webhook secret(s) under the "
+                  "newest key")
             return 0
         return _posts(args.photo, as_json=args.json)
     except SealedUnreadable as exc:
