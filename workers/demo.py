@@ -223,10 +223,10 @@ def push_workload(apis: SocialStandIn, hooks: WebhookReceiver) -> bool:
     for ph in apis.page_photos():
         say(f"  Facebook Page {ph.page_id}: photo {ph.size} bytes, {ph.message!r}")
     say("\n== webhooks, as the subscriber received them")
-    for rec in hooks.received():
-        say(f"  {rec.path}: {rec.webhook_id}  signature "
-            f"{'verified' if rec.verified else 'NOT verified: ' + rec.error}")
-    finished = finished and all(rec.verified for rec in hooks.received())
+    for hook in hooks.received():
+        say(f"  {hook.path}: {hook.webhook_id}  signature "
+            f"{'verified' if hook.verified else 'NOT verified: ' + hook.error}")
+    finished = finished and all(hook.verified for hook in hooks.received())
 
     say("\n== photo records (what the web tier reads)")
     records = PhotoRecords(r, s)
