@@ -20,8 +20,11 @@ In order, for (photo, network):
    with its message). The network's answer is followed at once by the record, in one round trip
    (``die_at("social.answered")`` sits between them for the kill tests). A refusal that proves
    nothing was posted (a 4xx, a rate limit) drops the marker this attempt set; an unknown
-   outcome (a 5xx, a timeout) keeps it for the retry's reconciliation. 401/403 from X, 190 from
-   Facebook: the account is unlinked, with the reason, and the task fails permanently.
+   outcome (a 5xx, a timeout) keeps it for the retry's reconciliation. 190 from Facebook: the
+   account is unlinked, with the reason, and the task fails permanently. 401/403 from X: the
+   same, once tasks/social/refusals.py confirms it is the account X refuses (refused again a
+   retry later) and not the farm's app (many accounts refused at once: nothing is unlinked,
+   the post retries later, as TransientError, saying to check the consumer key and secret).
 
 **The duplicate window that remains.** Before the pending marker is set nothing can have been
 posted, so a death there costs nothing. After it, a repeat is possible only when an attempt
@@ -55,9 +58,10 @@ from tasks.core.faults import die_at
 from tasks.core.locks import LockError, holder, try_lock
 from tasks.core.ratelimit import Limit, RateLimits
 from tasks.core.redis import data_redis
-from tasks.social import captions, facebook, twitter
+from tasks.social import captions, facebook, refusals, twitter
 from tasks.social.accounts import Account, LinkedAccounts
 from tasks.social.posts import POSTED, PostRecords
+from tasks.social.refusals import RefusalGuard
 
 log = logging.getLogger("farm.social")
 
@@ -156,6 +160,8 @@ def _post(s: Settings, posts: PostRecords, accounts: LinkedAccounts, account: Ac
     except (twitter.AccountRefused, facebook.AccountRefused) as exc:
         if not unknown_before:
             posts.clear_pending(photo_id, network)
+        if network == "twitter":
+            _unless_the_app_is_refused(s, account, photo_id, exc)
         accounts.unlink(owner_id, network, reason=str(exc))
         metrics.incr(data_redis(s.redis_url), s, f"social.{network}.unlinked")
         log.warning("social: network=%s photo=%d outcome=unlinked account=%s reason=%s",
@@ -169,6 +175,34 @@ def _post(s: Settings, posts: PostRecords, accounts: LinkedAccounts, account: Ac
     posts.record_posted(photo_id, network, post_id=post_id, account=account.label,
                         user_id=owner_id, how="posted")
     return _done(s, Outcome(POSTED_NOW, network, photo_id, post_id, account.label))
+
+
+def _unless_the_app_is_refused(s: Settings, account: Account, photo_id: int,
+                               exc: Exception) -> None:
+    """Returns when X's refusal may unlink the account; else raises TransientError, the account
+    kept (tasks/social/refusals.py: a second refusal confirms it; many accounts refused at once
+    mean X refuses the app's own credentials)."""
+    guard = RefusalGuard(data_redis(s.redis_url), s, account.network)
+    verdict, count = guard.judge(account.user_id)
+    if verdict == refusals.UNLINK:
+        return
+    r = data_redis(s.redis_url)
+    if verdict == refusals.APP:
+        metrics.incr(r, s, f"social.{account.network}.app_refused")
+        message = (f"X refuses the app's credentials (check FARM_TWITTER_CONSUMER_KEY and "
+                   f"FARM_TWITTER_CONSUMER_SECRET): {count} accounts refused within "
+                   f"{refusals.REFUSAL_WINDOW / 60:.0f} minutes, so {account.label} stays "
+                   f"linked; {exc}")
+        if guard.alarm_once():
+            log.error("social: network=%s photo=%d outcome=app_refused accounts=%d %s",
+                      account.network, photo_id, count, message)
+        raise TransientError(message, retry_after=refusals.APP_FAULT_RETRY)
+    metrics.incr(r, s, f"social.{account.network}.refused_once")
+    log.warning("social: network=%s photo=%d outcome=refused_once account=%s reason=%s",
+                account.network, photo_id, account.label, exc)
+    raise TransientError(f"{exc}; the account is unlinked if X refuses it again (once is not "
+                         "proof: X refuses every account when the app's own credentials are "
+                         "wrong)", retry_after=guard.confirm_after)
 
 
 def _full_variant(s: Settings, photo_id: int) -> bytes:

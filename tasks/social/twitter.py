@@ -17,8 +17,10 @@ Errors, as the farm's (the caller, tasks/social/crosspost.py, acts on them):
 - 429: :class:`RateLimited` until X's ``x-rate-limit-reset``, that account paused farm-wide;
 - 403 whose detail says "duplicate content": :class:`Duplicate` (X refuses a text the account
   posted recently; ours always holds the photo's link, so the photo is on X already);
-- 401 and other 403s: :class:`AccountRefused` (the caller unlinks the account), except an
-  app-level refusal (``client-not-enrolled``: the farm's app, not the user), a PermanentError;
+- 401 and other 403s: :class:`AccountRefused` (the caller unlinks the account, once
+  tasks/social/refusals.py rules out the farm's own credentials: a wrong consumer secret makes
+  X answer 401 for every user), except an app-level refusal X names as such
+  (``client-not-enrolled``: the farm's app, not the user), a PermanentError;
 - 5xx, timeouts, connection errors: TransientError (after the tweet was sent: maybe posted);
 - other 4xx: PermanentError.
 """
@@ -59,7 +61,8 @@ Pause = Callable[[str, float], None]  # (scope: "app" | "account", seconds)
 
 class AccountRefused(PermanentError):
     """X refused the user's credentials (401, or 403 other than a duplicate): revoked, expired,
-    suspended or without write access. The account is unlinked."""
+    suspended or without write access; or the app's own (tasks/social/refusals.py tells them
+    apart before the account is unlinked)."""
 
 
 class Duplicate(PermanentError):

@@ -1,11 +1,12 @@
 """What the social tests share: settings set through the environment (as workers get them), a
-linked account of each kind, a photo's full variant in the session's blob store, and the local
-stand-in of both APIs."""
+linked account of each kind, a photo's full variant in the session's blob store, the local
+stand-in of both APIs, and the refusal guard's clock (tasks/social/refusals.py) moved by hand."""
 
 from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -13,6 +14,7 @@ import redis
 
 from config.settings import Settings, get_settings
 from tasks.blobs import open_store, photo_key
+from tasks.social import refusals
 from tasks.social.accounts import Account, LinkedAccounts
 from workers.demo_social import SocialStandIn
 
@@ -80,3 +82,28 @@ def standin(configure: Configure, data: redis.Redis) -> Iterator[SocialStandIn]:
     with SocialStandIn(CONSUMER_KEY, CONSUMER_SECRET) as api:
         configure(**api.env())
         yield api
+
+
+class Clock:
+    """The refusal guard's clock: real time at first, then moved on only by :meth:`advance`."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(refusals, "clock", fake)
+    return fake
+
+
+def confirm_after() -> float:
+    """How long after an account's first refusal X refusing it again unlinks it."""
+    return min(refusals.CONFIRM_AFTER, get_settings().retry_max_delay)

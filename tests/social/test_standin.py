@@ -24,7 +24,9 @@ from tasks.social.twitter import XClient
 from tests.social.conftest import (
     CONSUMER_KEY,
     CONSUMER_SECRET,
+    Clock,
     Configure,
+    confirm_after,
     jpeg_bytes,
     new_photo_id,
     store_full,
@@ -63,16 +65,22 @@ def test_tweepy_is_accepted_and_a_wrong_consumer_secret_is_refused(
     assert [t.text for t in standin.tweets()] == ["hello"]
 
 
-def test_a_bad_signature_through_crosspost_unlinks_the_account(
+def test_a_bad_signature_through_crosspost_is_not_taken_for_a_revoked_account_at_once(
         standin: SocialStandIn, linked: dict[str, Account], configure: Configure,
-        data: redis.Redis) -> None:
+        data: redis.Redis, clock: Clock) -> None:
     configure(FARM_TWITTER_CONSUMER_SECRET="rotated-by-mistake")
     photo = new_photo_id()
     store_full(photo)
-    with pytest.raises(PermanentError, match="401"):
+    with pytest.raises(TransientError, match="401"):
+        crosspost(photo, OWNER, "twitter")
+    assert LinkedAccounts(data, get_settings()).get(OWNER, "twitter") is not None
+    assert standin.tweets() == [] and standin.requests()[0].status == 401
+    # One account alone cannot tell a wrong consumer secret from a revoked token: refused again
+    # a retry later, it is unlinked (tests/social/test_refusals.py: several accounts).
+    clock.advance(confirm_after())
+    with pytest.raises(PermanentError, match=r"401.*unlinked"):
         crosspost(photo, OWNER, "twitter")
     assert LinkedAccounts(data, get_settings()).get(OWNER, "twitter") is None
-    assert standin.tweets() == [] and standin.requests()[0].status == 401
 
 
 def test_unsigned_tampered_replayed_and_stale_requests_are_refused(
@@ -100,10 +108,15 @@ def test_unsigned_tampered_replayed_and_stale_requests_are_refused(
 
 @pytest.mark.parametrize("network", ["twitter", "facebook"])
 def test_a_revoked_token_unlinks_the_account(standin: SocialStandIn, linked: dict[str, Account],
-                                             data: redis.Redis, network: str) -> None:
+                                             data: redis.Redis, clock: Clock,
+                                             network: str) -> None:
     standin.revoke(linked[network].token)
     photo = new_photo_id()
     store_full(photo)
+    if network == "twitter":  # X: confirmed by a second refusal, a retry later
+        with pytest.raises(TransientError, match="unlinked if X refuses it again"):
+            crosspost(photo, OWNER, network)
+        clock.advance(confirm_after())
     with pytest.raises(PermanentError, match="unlinked"):
         crosspost(photo, OWNER, network)
     accounts = LinkedAccounts(data, get_settings())
@@ -183,7 +196,7 @@ def test_a_success_near_the_page_limit_pauses_the_page(
 
 def test_no_credential_reaches_the_logs_even_at_debug(
         standin: SocialStandIn, linked: dict[str, Account], data: redis.Redis,
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, clock: Clock) -> None:
     caplog.set_level(logging.DEBUG)
     photo = new_photo_id()
     store_full(photo)
@@ -193,9 +206,13 @@ def test_no_credential_reaches_the_logs_even_at_debug(
     standin.revoke(linked["twitter"].token)
     other = new_photo_id()
     store_full(other)
+    with pytest.raises(TransientError):  # refused once: the account kept until confirmed
+        crosspost(other, OWNER, "twitter")
+    clock.advance(confirm_after())
     with pytest.raises(PermanentError):
         crosspost(other, OWNER, "twitter")
     text = caplog.text
+    assert "outcome=refused_once" in text and "outcome=unlinked" in text
     assert "access_token=[redacted]" in text  # urllib3's request line was there, redacted
     assert "outcome=posted" in text
     for account in linked.values():

@@ -32,6 +32,8 @@ from tests.social.conftest import (
     OWNER,
     X_SECRET,
     X_TOKEN,
+    Clock,
+    confirm_after,
     jpeg_bytes,
     new_photo_id,
     store_full,
@@ -218,16 +220,25 @@ def test_429_waits_until_x_resets_and_pauses_the_account_farm_wide(
     (403, {"title": "Forbidden", "type": "about:blank", "status": 403,
            "detail": "You are not permitted to perform this action."}),
 ])
-def test_401_and_403_unlink_the_account_and_fail_for_good(
+def test_401_and_403_unlink_the_account_once_confirmed_and_fail_for_good(
         mocked: responses.RequestsMock, accounts: LinkedAccounts, data: redis.Redis,
-        status: int, body: dict[str, Any]) -> None:
+        clock: Clock, status: int, body: dict[str, Any]) -> None:
     photo = new_photo_id()
     store_full(photo)
     mocked.post(UPLOAD, json={"data": {"id": "1"}})
     mocked.post(TWEETS, status=status, json=body)
+    # The first refusal could be the app's credentials (tasks/social/refusals.py): a retry.
+    with pytest.raises(TransientError, match="unlinked if X refuses it again") as first:
+        crosspost(photo, OWNER, "twitter")
+    assert not isinstance(first.value, RateLimited)
+    assert first.value.retry_after == confirm_after()
+    assert accounts.get(OWNER, "twitter") is not None
+    assert posts(data).pending(photo, "twitter") is None  # nothing was posted
+    clock.advance(confirm_after())
     with pytest.raises(PermanentError, match="unlinked"):
         crosspost(photo, OWNER, "twitter")
     assert accounts.get(OWNER, "twitter") is None
+    assert len(mocked.calls) == 4
     gone = accounts.last_unlink(OWNER, "twitter")
     assert gone is not None and str(status) in gone.reason and gone.name == "anna"
     assert X_TOKEN not in gone.reason and X_SECRET not in gone.reason
