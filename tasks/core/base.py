@@ -59,6 +59,10 @@ class FarmTask(Task[P, R]):
 
     transient: ErrorTypes = ()
     permanent: ErrorTypes = ()
+    # Called after the dead letter is written, with the message's arguments by name (as sent:
+    # they may be the invalid ones), the reason and the one-line error; e.g. a photo's record
+    # marked failed. Its own failure is logged, never raised: the dead letter already holds all.
+    on_dead_letter: Callable[[dict[str, Any], str, str], None] | None = None
     typing = True  # Celery checks call signatures at enqueue time
     max_retries: int  # farm_task always sets it: Celery's None (retry for ever) is never used
 
@@ -217,6 +221,19 @@ class FarmTask(Task[P, R]):
         DeadLetterStore(data_redis(), get_settings()).record(entry)
         log.error("task=%s id=%s deadletter reason=%s attempts=%d error=%s", self.name, req.id,
                   reason, entry.attempts, error)
+        if self.on_dead_letter is not None:
+            try:
+                self.on_dead_letter(self._named_args(entry.args, entry.kwargs), reason, error)
+            except Exception as exc:
+                log.warning("task=%s id=%s on_dead_letter failed: %s", self.name, req.id,
+                            _one_line(exc))
+
+    def _named_args(self, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The message's arguments by parameter name, as far as they go (no check made)."""
+        names = list(inspect.signature(self.run).parameters)
+        named = dict(zip(names, args, strict=False))
+        named.update(kwargs)
+        return named
 
     def _report(self, outcome: str, total_ms: float, phases: dict[str, float]) -> None:
         req = self.request
@@ -245,12 +262,14 @@ def farm_task(
     transient: ErrorTypes = (),
     permanent: ErrorTypes = (),
     max_retries: int | None = None,
+    on_dead_letter: Callable[[dict[str, Any], str, str], None] | None = None,
     **options: Any,
 ) -> Callable[[Callable[P, R]], FarmTask[P, R]]:
     """Declare a farm task by its stable name; its queue comes from config/queues.py.
 
     ``transient`` errors are retried, ``permanent`` ones are not (permanent wins when an error is
     both); anything else is treated as a bug: dead-lettered at once for an operator to replay.
+    ``on_dead_letter(arguments, reason, error)`` runs after a dead letter is written.
     """
     queue_for(name)  # a task without a route is a start-up error, not a silent default queue
     checker = validation.checker_for(name)  # and so is one without an argument check
@@ -264,6 +283,7 @@ def farm_task(
             transient=tuple(transient),
             permanent=tuple(permanent),
             max_retries=get_settings().retry_max if max_retries is None else max_retries,
+            on_dead_letter=staticmethod(on_dead_letter) if on_dead_letter else None,
             **options,
         )
         return make(fn)
