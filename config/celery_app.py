@@ -81,6 +81,9 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "task_create_missing_queues": False,
         "task_routes": celery_routes(),
         "imports": TASK_MODULES + s.extra_imports,
+        # Messages a worker cannot run become dead letters instead of vanishing; named as a
+        # string because config never imports workers (import-linter checks it).
+        "worker_consumer": "workers.consumer:FarmConsumer",
         "worker_hijack_root_logger": True,
         "worker_redirect_stdouts": False,
         "timezone": "UTC",

@@ -9,7 +9,10 @@ It adds, around a plain function:
 - a cap on redeliveries: a message whose process died under it ``max_deliveries`` times is
   dead-lettered instead of taking down another worker;
 - the dead-letter record for every task that fails for good;
-- one timing line per task with its phases, and counters in the data Redis.
+- one timing line per task with its phases, and counters in the data Redis;
+- a cap on what one message can make the farm write: an error that quotes a huge argument is cut
+  (in place, so Celery's log lines, task events and Flower get the short one too), and arguments
+  over the message limit are kept in the dead letter as their start and size only.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, ParamSpec, TypeVar
 import redis
 from celery import Task
 from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
+from celery.utils.saferepr import saferepr
 
 from config.celery_app import app
 from config.queues import queue_for
@@ -34,6 +38,7 @@ from tasks.core.deadletter import DeadLetter, DeadLetterStore
 from tasks.core.errors import PermanentError, RateLimited, TransientError
 from tasks.core.publish import PUBLISH_PATIENCE
 from tasks.core.redis import data_redis
+from tasks.core.text import clip, safe
 
 log = logging.getLogger("farm.task")
 
@@ -44,6 +49,11 @@ ErrorTypes = tuple[type[BaseException], ...]
 # A task delayed by rate limits this often is dead-lettered: at X's 100 posts per 15 minutes
 # that is a backlog of about a day for one account, which an operator should look at.
 MAX_RATE_LIMIT_DELAYS = 100
+
+# An error message is cut to this many characters wherever it goes (dead letter, log, events).
+MAX_ERROR_CHARS = 500
+# Arguments too big to run with are kept in their dead letter as this much of their JSON.
+MAX_KEPT_ARGS_CHARS = 2048
 
 # Errors every task may retry: the data Redis blinking, or the task running out of its time.
 ALWAYS_TRANSIENT: ErrorTypes = (
@@ -98,13 +108,17 @@ class FarmTask(Task[P, R]):
                 outcome = "interrupted"
                 raise
             except BaseException as exc:
+                shrunk = _shrink(exc)
                 delay = self._retry_delay(exc)
                 if delay is None:
                     outcome = "deadletter"
                     kind = self.classify(exc)
                     reason = "exhausted" if kind == "transient" else kind
                     self._dead_letter(reason, _one_line(exc), traceback.format_exc())
+                    if shrunk is not exc:  # its message could not be cut in place
+                        raise shrunk from None
                     raise
+                exc = shrunk
                 outcome = "retry"
                 log.warning("task=%s id=%s retry=%d/%d in=%.2fs error=%s", self.name, req.id,
                             req.retries + 1, self.max_retries, delay, _one_line(exc))
@@ -206,24 +220,31 @@ class FarmTask(Task[P, R]):
     def _dead_letter(self, reason: str, error: str, tb: str) -> None:
         req = self.request
         delivery = req.delivery_info or {}
+        args, kwargs = req.args or (), req.kwargs or {}
+        size = validation.message_size(args, kwargs)
+        fits = size is not None and size <= validation.MAX_MESSAGE_BYTES
         entry = DeadLetter(
             id=req.id or "",
             task=self.name,
             queue=delivery.get("routing_key") or queue_for(self.name),
-            args=list(req.args or ()),
-            kwargs=dict(req.kwargs or {}),
+            # Arguments too big (or not JSON) are kept as their start and size: one message
+            # must not write megabytes into the store; such a record cannot be replayed.
+            args=list(args) if fits else [],
+            kwargs=dict(kwargs) if fits else {},
             reason=reason,
             error=error,
             traceback=tb,
             attempts=req.retries + 1,
-            replays=int(getattr(req, "farm_replays", None) or 0),
+            replays=_count(getattr(req, "farm_replays", None)),
+            body="" if fits else _args_start(args, kwargs),
+            size=0 if fits else size or 0,
         )
         DeadLetterStore(data_redis(), get_settings()).record(entry)
         log.error("task=%s id=%s deadletter reason=%s attempts=%d error=%s", self.name, req.id,
                   reason, entry.attempts, error)
         if self.on_dead_letter is not None:
             try:
-                self.on_dead_letter(self._named_args(entry.args, entry.kwargs), reason, error)
+                self.on_dead_letter(self._named_args(list(args), dict(kwargs)), reason, error)
             except Exception as exc:
                 log.warning("task=%s id=%s on_dead_letter failed: %s", self.name, req.id,
                             _one_line(exc))
@@ -252,8 +273,51 @@ def _as_error(cause: object) -> BaseException:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """``TypeName: message`` on one line, at most MAX_ERROR_CHARS, control characters escaped."""
+    try:
+        text = " ".join(str(exc).split())
+    except Exception:  # a broken __str__ must not take the failure path down with it
+        text = ""
+    return safe(f"{type(exc).__name__}: {text}" if text else type(exc).__name__,
+                MAX_ERROR_CHARS)
+
+
+class TaskFailed(Exception):
+    """Raised in place of an error whose message was too long and could not be cut."""
+
+
+def _shrink(exc: BaseException) -> BaseException:
+    """``exc`` with every message in its chain cut to MAX_ERROR_CHARS, in place, so that what
+    Celery makes of it (the failure log line, the task-failed event's exception and traceback,
+    Flower's view) is small; or, when its own ``__str__`` keeps it long, a TaskFailed with its
+    one line to raise instead."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        try:
+            long = len(str(link)) > MAX_ERROR_CHARS
+        except Exception:
+            long = False
+        if long:  # a little under the cap: some types quote their message (KeyError)
+            link.args = (clip(str(link), MAX_ERROR_CHARS - 20),)
+        link = link.__cause__ or link.__context__
+    try:
+        still_long = len(str(exc)) > MAX_ERROR_CHARS
+    except Exception:
+        still_long = False
+    return TaskFailed(_one_line(exc)) if still_long else exc
+
+
+def _count(value: object) -> int:
+    """A header's count as sent, or 0 when a producer sent anything else in its place."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _args_start(args: Any, kwargs: Any) -> str:
+    """The start of ``[args, kwargs]`` as Python shows them (Celery's saferepr, which stops at
+    ``maxlen`` however big they are), for a record that cannot keep them whole."""
+    return clip(saferepr([args, kwargs], maxlen=MAX_KEPT_ARGS_CHARS), MAX_KEPT_ARGS_CHARS)
 
 
 def farm_task(

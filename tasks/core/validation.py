@@ -37,6 +37,12 @@ ACTIVITY_KINDS = ("like", "comment", "follow", "mention")
 PHOTO_KINDS = ("like", "comment")  # about a photo: the entry must name it
 PRIORITIES = (1, 5, 10)  # APNs' apns-priority values
 FLAKY_MODES = ("transient", "permanent", "bug", "crash", "ratelimited")
+# A message's arguments as JSON, at most: above every valid message (the largest, a 1000-user
+# rebuild or a push with a 1,000-emoji alert, are under 20 KB) with room, and far below what
+# would bloat a log line, a dead letter or a task event. FARM_MAX_ARG_BYTES (4096, checked at
+# publish in the tests) is stricter than what the checkers accept, so it is not used here:
+# a worker must never refuse what the enqueue API sends.
+MAX_MESSAGE_BYTES = 64 * 1024
 TOKEN_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")  # event, notification and marker ids: part of keys
 
 
@@ -366,6 +372,7 @@ MESSAGES: dict[str, Checker] = {
     "batch.feed_trim": no_arguments,
     "batch.fanout_sweep": no_arguments,
     "batch.feed_rebuild": batch_feed_rebuild,
+    "batch.photo_sweep": no_arguments,
     "diag.ping": diag_ping,
     "diag.sleep": diag_sleep,
     "diag.flaky": diag_flaky,
@@ -378,11 +385,32 @@ def check(task: str, args: Any = (), kwargs: Mapping[str, Any] | None = None) ->
     checker = checker_for(task)
     if not isinstance(args, (list, tuple)) or not isinstance(kwargs or {}, Mapping):
         raise InvalidArgument(f"{task}: arguments must be a list and an object")
+    check_size(task, args, kwargs or {})
     try:
         bound = inspect.signature(checker).bind(*args, **dict(kwargs or {}))
     except TypeError as exc:
         raise InvalidArgument(f"{task}: {exc}") from None
     return checker(*bound.args, **bound.kwargs)
+
+
+def message_size(args: Any, kwargs: Any) -> int | None:
+    """Bytes of JSON the arguments are on the wire (ASCII-escaped, as kombu sends them), or None
+    if they are not plain JSON (nested too deep, a NaN, an object)."""
+    try:
+        return len(json.dumps([args, kwargs], allow_nan=False, separators=(",", ":")))
+    except (TypeError, ValueError, RecursionError):
+        return None
+
+
+def check_size(task: str, args: Any, kwargs: Any) -> None:
+    """InvalidArgument if the arguments are over MAX_MESSAGE_BYTES of JSON: checked before any
+    checker runs, so no checker walks megabytes. Values JSON cannot hold are left to the
+    checkers, which name the argument."""
+    size = message_size(args, kwargs)
+    if size is not None and size > MAX_MESSAGE_BYTES:
+        raise InvalidArgument(f"{task}: arguments are {size:,} bytes of JSON, over the "
+                              f"{MAX_MESSAGE_BYTES:,}-byte limit (pass ids and storage keys, "
+                              "not content)")
 
 
 def checker_for(task: str) -> Checker:

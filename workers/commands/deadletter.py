@@ -1,4 +1,9 @@
-"""`farm deadletter list | show ID | replay ID|--all | purge [ID ...|--older-than DAYS]`."""
+"""`farm deadletter list | show ID | replay ID|--all | purge [ID ...|--older-than DAYS]`.
+
+Everything printed from a record is escaped (tasks/core/text.py): a record holds what a message
+carried, and a message may carry terminal escape sequences meant for the operator's terminal.
+Messages that never ran (undecodable, unknown task, ...) are listed with the rest; reliable
+fetch's set-aside ones are adopted into the store first, so they are counted and listed too."""
 
 from __future__ import annotations
 
@@ -9,9 +14,12 @@ import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 
+import redis
+
 from config.settings import get_settings
-from tasks.core.deadletter import DeadLetter, DeadLetterStore
+from tasks.core.deadletter import DeadLetter, DeadLetterStore, NotReplayable, adopt_unparsable
 from tasks.core.redis import data_redis
+from tasks.core.text import clip, printable
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,7 +42,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _store() -> DeadLetterStore:
-    return DeadLetterStore(data_redis(), get_settings())
+    s = get_settings()
+    store = DeadLetterStore(data_redis(), s)
+    broker = redis.Redis.from_url(s.broker_url)
+    try:
+        adopt_unparsable(broker, store)
+    except redis.RedisError as exc:  # the records already stored are still worth showing
+        print(f"farm deadletter: broker not read ({printable(str(exc))})", file=sys.stderr)
+    finally:
+        broker.close()
+    return store
 
 
 def _when(ts: float) -> str:
@@ -42,8 +59,9 @@ def _when(ts: float) -> str:
 
 
 def _summary(e: DeadLetter) -> str:
-    return (f"{e.id}  {_when(e.failed_at)}  {e.task:<22} {e.reason:<11} "
-            f"attempts={e.attempts}  {e.error[:100]}")
+    task = e.task or "-"
+    return printable(f"{clip(e.id, 64)}  {_when(e.failed_at)}  {clip(task, 40):<22} "
+                     f"{e.reason:<11} attempts={e.attempts}  {clip(e.error, 100)}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,33 +76,42 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "show":
         entry = store.get(args.id)
         if entry is None:
-            print(f"farm deadletter: no record {args.id}", file=sys.stderr)
+            print(f"farm deadletter: no record {printable(args.id)}", file=sys.stderr)
             return 1
         if args.json:
             print(json.dumps(asdict(entry), indent=2))
             return 0
         for key, value in asdict(entry).items():
-            if key == "traceback":
+            if key in ("traceback", "body") or (key == "size" and not entry.body):
                 continue
             shown = _when(value) if key == "failed_at" else json.dumps(value)
-            print(f"{key:>10}: {shown if not isinstance(value, str) else value}")
+            print(printable(f"{key:>10}: {shown if not isinstance(value, str) else value}"))
+        if entry.body:
+            more = len(entry.body.encode("utf-8", "replace")) < entry.size
+            print(f"\n--- body as received{' (start)' if more else ''} ---")
+            print(printable(entry.body, multiline=True).rstrip())
         if entry.traceback:
-            print("\n" + entry.traceback.rstrip())
+            print("\n" + printable(entry.traceback, multiline=True).rstrip())
         return 0
     if args.action == "replay":
         from config.celery_app import app
 
         ids = store.ids() if args.all else [args.id]
-        missing = 0
+        missing = refused = 0
         for entry_id in ids:
             try:
                 new_id = store.replay(entry_id, app.send_task)
             except KeyError:
-                print(f"farm deadletter: no record {entry_id}", file=sys.stderr)
+                print(f"farm deadletter: no record {printable(entry_id)}", file=sys.stderr)
                 missing += 1
                 continue
-            print(f"replayed {entry_id} as {new_id}")
-        return 1 if missing else 0
+            except NotReplayable as exc:
+                print(f"farm deadletter: not replayed: {printable(str(exc))}", file=sys.stderr)
+                refused += 1
+                continue
+            print(f"replayed {printable(entry_id)} as {new_id}")
+        # Refusing what cannot be replayed is a usage error (2), a missing record is 1.
+        return 2 if refused and not args.all else 1 if missing else 0
     if args.action == "purge":
         if args.ids:
             n = sum(store.remove(i) for i in args.ids)

@@ -1,4 +1,8 @@
-"""`farm stats`: queue depths, per-task outcomes and time, dead letters, other counters."""
+"""`farm stats`: queue depths, per-task outcomes and time, dead letters, other counters.
+
+Messages that never ran as a task (undecodable, unknown task, bad protocol, too large) are dead
+letters like any failure, and counted apart under ``messages.*``; names are printed escaped
+(tasks/core/text.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +15,9 @@ import redis
 from config.queues import QUEUES
 from config.settings import Settings, get_settings
 from tasks.core import metrics
-from tasks.core.deadletter import DeadLetterStore
+from tasks.core.deadletter import DeadLetterStore, adopt_unparsable
 from tasks.core.redis import data_redis
+from tasks.core.text import printable
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,10 +26,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=run)
 
 
-def queue_depths(s: Settings) -> dict[str, int]:
-    """Messages waiting per queue (kombu keeps each Redis queue as a list named after it)."""
+def queue_depths(s: Settings, adopt: bool = False) -> dict[str, int]:
+    """Messages waiting per queue (kombu keeps each Redis queue as a list named after it).
+    With ``adopt``, what reliable fetch set aside as not kombu's first becomes a dead letter."""
     broker = redis.Redis.from_url(s.broker_url)
     try:
+        if adopt:
+            adopt_unparsable(broker, DeadLetterStore(data_redis(), s))
         pipe = broker.pipeline(transaction=False)
         for q in QUEUES:
             pipe.llen(q)
@@ -43,7 +51,7 @@ class FarmStats(TypedDict):
 def collect(s: Settings) -> FarmStats:
     r = data_redis()
     return {
-        "queues": queue_depths(s),
+        "queues": queue_depths(s, adopt=True),
         "tasks": metrics.read(r, s),
         "counters": metrics.counters(r, s),
         "deadletters": DeadLetterStore(r, s).count(),
@@ -62,9 +70,9 @@ def run(args: argparse.Namespace) -> int:
     for name, c in sorted(stats["tasks"].items()):
         runs = c["ok"] + c["retry"] + c["deadletter"]
         mean = c["ms"] / runs if runs else 0.0
-        print(f"{name:<24} {c['ok']:>6.0f} {c['retry']:>6.0f} {c['deadletter']:>6.0f} "
-              f"{mean:>8.1f}")
+        print(f"{printable(name):<24} {c['ok']:>6.0f} {c['retry']:>6.0f} "
+              f"{c['deadletter']:>6.0f} {mean:>8.1f}")
     for name, value in sorted(stats["counters"].items()):
-        print(f"{name}: {value}")
+        print(f"{printable(name)}: {value}")
     print(f"\ndead letters: {stats['deadletters']}")
     return 0
