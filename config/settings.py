@@ -58,6 +58,10 @@ class Settings:
     max_upload_mb: int = 50
     state_dir: Path = Path("var")
     log_level: str = "INFO"
+    # botocore, urllib3 and the X client libraries stay at INFO whatever FARM_LOG_LEVEL says:
+    # at DEBUG botocore logs each S3 request's Authorization header (key id and signature),
+    # tweepy and oauthlib the X credentials (workers/logs.py). 1 lets them through.
+    wire_log: bool = False
 
     # Time limits. The visibility timeout must outlast the longest task plus the longest retry
     # delay, or Redis hands a still-running (or still-waiting) task to a second worker.
@@ -184,15 +188,71 @@ def _check(ok: bool, name: str, problem: str) -> None:
         raise SettingsError(f"{PREFIX}{name.upper()}: {problem}")
 
 
+# A host name as DNS spells it (underscores allowed: container names have them), or an address.
+_HOST = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+                   r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?")
+
+
+def _is_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return bool(_HOST.fullmatch(host))
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its user and password (everything between :// and the last @) hidden,
+    for messages: a Redis URL may carry the server's password."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+
+
+def _url_problem(raw: str, schemes: tuple[str, ...]) -> str | None:
+    """What is wrong with ``raw`` (scheme, host, port), parsed now so a typo stops start-up with
+    one line instead of a traceback from the first library to connect; None if nothing."""
+    url = redact_url(raw)
+    try:
+        parts = urlsplit(raw)
+    except ValueError:  # an unclosed [IPv6 bracket
+        return f"is not a valid URL, got {url!r}"
+    try:
+        port = parts.port  # parsed lazily by urllib: a bad one raises only here
+    except ValueError:
+        port = 0
+    if parts.scheme not in schemes:
+        return f"must be a {' or '.join(s + '://' for s in schemes)} URL, got {url!r}"
+    if parts.scheme == "unix":
+        return None if parts.path else f"unix:// needs a socket path, got {url!r}"
+    if port == 0:
+        return f"the port must be a number from 1 to 65535, got {url!r}"
+    if parts.hostname is None:
+        # redis:// alone means localhost to redis-py and kombu; http needs a host
+        return None if parts.scheme.startswith("redis") else f"needs a host, got {url!r}"
+    if not _is_host(parts.hostname):
+        return f"host {parts.hostname!r} is not a host name or address, got {url!r}"
+    if parts.scheme.startswith("redis"):
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            return f"the database after the host must be a number, got {url!r}"
+    return None
+
+
+def _check_url(s: Settings, name: str, schemes: tuple[str, ...], url: str | None = None) -> None:
+    problem = _url_problem(getattr(s, name) if url is None else url, schemes)
+    _check(problem is None, name, problem or "")
+
+
 def _validate(s: Settings) -> None:
-    for name in ("broker_url", "redis_url"):
-        url = getattr(s, name)
-        _check(urlsplit(url).scheme in ("redis", "rediss", "unix"), name,
-               f"must be a redis://, rediss:// or unix:// URL, got {url!r}")
+    # kombu has no unix:// transport: the broker is reached over TCP (or TLS).
+    _check_url(s, "broker_url", ("redis", "rediss"))
+    _check_url(s, "redis_url", ("redis", "rediss", "unix"))
     if s.result_url:
-        _check(urlsplit(s.result_url).scheme in ("redis", "rediss", "unix"), "result_url",
-               "must be a redis:// URL")
-    _check(urlsplit(s.storage_url).scheme in ("s3", "file"), "storage_url",
+        _check_url(s, "result_url", ("redis", "rediss", "unix"))
+    scheme, sep, rest = s.storage_url.partition("://")  # not urlsplit: "[" raises in it
+    _check(scheme in ("s3", "file") and bool(sep), "storage_url",
            f"must be s3://bucket/prefix or file:///path, got {s.storage_url!r}")
     _check(bool(s.key_prefix) and ":" not in s.key_prefix, "key_prefix",
            "must be non-empty and contain no ':'")
@@ -233,9 +293,14 @@ def _validate(s: Settings) -> None:
                  "facebook_account_limit", "webhook_rate_limit"):
         _check(_is_limit(getattr(s, name)), name,
                f"must be a limit like 100/15minutes or 10/second, got {getattr(s, name)!r}")
-    for name in ("twitter_api_url", "facebook_graph_url"):
-        _check(urlsplit(getattr(s, name)).scheme in ("http", "https"), name,
-               f"must be an http(s):// URL, got {getattr(s, name)!r}")
+    for name in ("twitter_api_url", "facebook_graph_url", "photo_link"):
+        _check_url(s, name, ("http", "https"))
+    for name in ("s3_endpoint_url", "cdn_url"):
+        if getattr(s, name):
+            _check_url(s, name, ("http", "https"))
+    # "" binds every interface; anything else must be something a socket can bind
+    _check(s.flower_address == "" or _is_host(s.flower_address), "flower_address",
+           f"must be an IP address or host name, got {s.flower_address!r}")
     _check(bool(re.fullmatch(r"v\d+\.\d+", s.facebook_graph_version)), "facebook_graph_version",
            f"must look like v24.0, got {s.facebook_graph_version!r}")
     _check("{photo_id}" in s.photo_link, "photo_link", "must contain {photo_id}")
@@ -246,12 +311,15 @@ def _validate(s: Settings) -> None:
             _check(False, "webhook_allow_networks",
                    f"must be comma-separated networks like 127.0.0.0/8, got {net!r}")
     for url in s.feed_shards:
-        _check(urlsplit(url).scheme in ("redis", "rediss", "unix"), "feed_shards",
-               f"must be comma-separated redis:// URLs, got {url!r}")
+        _check_url(s, "feed_shards", ("redis", "rediss", "unix"), url)
     _check(len(set(s.feed_shards)) == len(s.feed_shards), "feed_shards",
            "lists a shard twice")
     if s.storage_url.startswith("s3://"):
-        _check(bool(urlsplit(s.storage_url).netloc), "storage_url", "s3:// needs a bucket name")
+        bucket = rest.partition("/")[0]
+        _check(bool(bucket), "storage_url", "s3:// needs a bucket name")
+        # botocore's own rule (legacy names included); it would refuse only at the first put
+        _check(bool(re.fullmatch(r"[A-Za-z0-9._-]{1,255}", bucket)), "storage_url",
+               f"{bucket!r} is not an S3 bucket name")
     _check(s.flower_port < 65536, "flower_port", "must be a TCP port (1-65535)")
     _check(s.task_soft_time_limit < s.task_time_limit, "task_soft_time_limit",
            f"must be below FARM_TASK_TIME_LIMIT ({s.task_time_limit})")

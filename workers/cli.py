@@ -7,6 +7,7 @@ import importlib
 import sys
 
 from config.settings import SettingsError
+from workers import logs
 
 # Subcommand modules, each with register(subparsers); imported lazily so `farm --help` is quick.
 COMMANDS = ("worker", "ping", "deadletter", "batch", "stats", "supervise", "flower", "beat",
@@ -25,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Building the parser imports the batch-job registry, which loads the settings.
         args = build_parser().parse_args(argv)
+        # Before any command logs: every record escaped (wire logging is held back by the
+        # commands that set logging up, worker and beat, not here: tests call main in-process)
+        logs.escape_records()
         return int(args.handler(args) or 0)
     except SettingsError as exc:
         print(f"farm: configuration error: {exc}", file=sys.stderr)

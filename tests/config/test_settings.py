@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from config.settings import Settings, SettingsError, as_environ, load_settings
+from config.settings import Settings, SettingsError, as_environ, load_settings, redact_url
 
 NO_DOTENV = Path("/nonexistent/.env")
 
@@ -45,6 +45,23 @@ def test_values_are_typed() -> None:
     ({"FARM_MARKER_TTL": "604800"}, "FARM_MARKER_TTL: must exceed FARM_DEADLETTER_RETENTION_DAYS"),
     ({"FARM_APNS_MIN_RESIGN_AGE": "3600"}, "FARM_APNS_MIN_RESIGN_AGE: must be between 0 and 1200"),
     ({"FARM_FLOWER_PASSWORD_FILE": "/nonexistent/pw"}, "FARM_FLOWER_PASSWORD_FILE: cannot read"),
+    # every URL's host and port parsed at load time, not by the first library to connect
+    ({"FARM_BROKER_URL": "redis://127.0.0.1:notaport/0"}, "FARM_BROKER_URL: the port must be"),
+    ({"FARM_BROKER_URL": "redis://127.0.0.1:0/0"}, "FARM_BROKER_URL: the port must be"),
+    ({"FARM_BROKER_URL": "unix:///run/redis.sock"}, "FARM_BROKER_URL: must be a redis://"),
+    ({"FARM_REDIS_URL": "redis://127.0.0.1:6379/one"}, "FARM_REDIS_URL: the database"),
+    ({"FARM_REDIS_URL": "unix://"}, "FARM_REDIS_URL: unix:// needs a socket path"),
+    ({"FARM_RESULT_URL": "redis://[::1:6379/0"}, "FARM_RESULT_URL: is not a valid URL"),
+    ({"FARM_FEED_SHARDS": "redis://a b:6379/0"}, "FARM_FEED_SHARDS: host 'a b' is not"),
+    ({"FARM_S3_ENDPOINT_URL": "minio:9000"}, "FARM_S3_ENDPOINT_URL: must be a http://"),
+    ({"FARM_S3_ENDPOINT_URL": "http://:9000"}, "FARM_S3_ENDPOINT_URL: needs a host"),
+    ({"FARM_CDN_URL": "https://cdn.example.com:cdn/"}, "FARM_CDN_URL: the port must be"),
+    ({"FARM_TWITTER_API_URL": "https://api.x.com:99999"}, "FARM_TWITTER_API_URL: the port"),
+    ({"FARM_PHOTO_LINK": "https://exa mple.com/p/{photo_id}"}, "FARM_PHOTO_LINK: host"),
+    ({"FARM_FLOWER_ADDRESS": "not an address"}, "FARM_FLOWER_ADDRESS: must be an IP address"),
+    ({"FARM_WIRE_LOG": "verbose"}, "FARM_WIRE_LOG: must be true or false"),
+    ({"FARM_STORAGE_URL": "s3://my bucket/media"}, "FARM_STORAGE_URL: 'my bucket' is not an S3"),
+    ({"FARM_STORAGE_URL": "s3://[bucket/media"}, "FARM_STORAGE_URL: '[bucket' is not an S3"),
 ])
 def test_wrong_values_name_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError) as err:
@@ -89,3 +106,23 @@ def test_file_variants_exist_only_for_secrets() -> None:
     assert load(FARM_APNS_CA_FILE="/etc/ca.pem").apns_ca_file == "/etc/ca.pem"
     with pytest.raises(SettingsError, match="FARM_KEY_PREFIX_FILE: unknown setting"):
         load(FARM_KEY_PREFIX_FILE="/x")
+
+
+def test_good_urls_and_addresses_load() -> None:
+    s = load(FARM_BROKER_URL="rediss://:pw@redis.internal:6380/0",
+             FARM_REDIS_URL="unix:///run/redis.sock?db=1", FARM_RESULT_URL="redis://",
+             FARM_FEED_SHARDS="redis://[::1]:7000/0,redis://feed_1:7001",
+             FARM_S3_ENDPOINT_URL="http://minio:9000", FARM_FLOWER_ADDRESS="::1",
+             FARM_CDN_URL="https://cdn.example.com/")
+    assert s.feed_shards == ("redis://[::1]:7000/0", "redis://feed_1:7001")
+    for address in ("", "0.0.0.0", "localhost", "flower.example.com"):
+        assert load(FARM_FLOWER_ADDRESS=address).flower_address == address
+
+
+def test_a_bad_url_never_echoes_its_password() -> None:
+    with pytest.raises(SettingsError) as err:
+        load(FARM_REDIS_URL="redis://user:s3cret@127.0.0.1:bad/1")
+    assert "s3cret" not in str(err.value)
+    assert "'redis://***@127.0.0.1:bad/1'" in str(err.value)
+    assert redact_url("redis://:p@ss@h:1/0") == "redis://***@h:1/0"
+    assert redact_url("redis://h:1/0") == "redis://h:1/0"

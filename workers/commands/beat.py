@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from config.settings import get_settings
+from config.settings import SettingsError, get_settings
+from workers.logs import hold_wire_loggers
 
 SCHEDULE_FILE = "celerybeat-schedule"
 
@@ -23,7 +24,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     s = get_settings()
     state = s.state_dir.resolve()
-    state.mkdir(parents=True, exist_ok=True)
+    try:
+        state.mkdir(mode=0o700, parents=True, exist_ok=True)  # the schedule is the farm's alone
+    except OSError as exc:
+        raise SettingsError(f"FARM_STATE_DIR: cannot create {state}: {exc.strerror}") from None
+    hold_wire_loggers(s)
     from config.celery_app import app
     from schedules.beat import install
 

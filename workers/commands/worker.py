@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 from config.queues import check_queues
 from config.settings import get_settings
+from workers.checks import check_worker
+from workers.logs import hold_wire_loggers
 from workers.profiles import PREFORK_POOL, PROFILES, get_profile, worker_argv
 
 
@@ -26,10 +28,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         profile = get_profile(args.profile)
         queues = check_queues(args.queues.split(",")) if args.queues else None
+        if args.concurrency is not None and args.concurrency < 1:
+            # Celery would refuse it only inside its own CLI, with a traceback
+            raise ValueError(f"--concurrency must be at least 1, got {args.concurrency}")
     except ValueError as exc:
         print(f"farm worker: {exc}", file=sys.stderr)
         return 2
     s = get_settings()  # validates the environment before Celery starts
+    check_worker(s, queues or profile.queues)  # and the files it names (APNs keys)
+    hold_wire_loggers(s)  # before the worker logs at FARM_LOG_LEVEL (and forks children)
     from config.celery_app import app
     from workers import signals  # noqa: F401  (connects the worker hooks)
 

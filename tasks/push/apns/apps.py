@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from config.settings import get_settings
+from config.settings import Settings, get_settings
 
 PRODUCTION = "https://api.push.apple.com"
 SANDBOX = "https://api.sandbox.push.apple.com"
@@ -44,12 +44,18 @@ class App:
         return ENDPOINTS.get(self.environment) or self.environment.rstrip("/")
 
     def signing_key(self) -> str:
-        """The PEM text of the .p8 key; read on demand (once per token, every ~45 min)."""
+        """The PEM text of the .p8 key; read on demand (once per token, every ~45 min), and
+        checked, so a key file replaced by junk fails naming the app, not deep inside PyJWT."""
         try:
-            return self.key_path.read_text()
-        except OSError as exc:
-            raise AppConfigError(f"APNs app {self.app_id}: cannot read key file "
-                                 f"{self.key_path}: {exc.strerror}") from None
+            pem = self.key_path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise AppConfigError(f"APNs app {self.app_id!r}: cannot read key file "
+                                 f"{self.key_path}: "
+                                 f"{getattr(exc, 'strerror', None) or 'not PEM text'}") from None
+        problem = _key_problem(pem)
+        if problem:
+            raise AppConfigError(f"APNs app {self.app_id!r}: key file {self.key_path} {problem}")
+        return pem
 
 
 _apps: dict[str, App] = {}
@@ -129,8 +135,8 @@ def parse_apps(spec: str, ca_file: str | Path | None = None) -> list[App]:
     for entry in filter(None, (e.strip() for e in re.split(r"[,\n]", spec))):
         parts = [p.strip() for p in entry.split("|")]
         if len(parts) not in (4, 5):
-            raise AppConfigError(f"FARM_APNS_APPS: {parts[0]!r} needs "
-                                 "bundle_id|key_id|team_id|key_path[|environment]")
+            raise AppConfigError(f"FARM_APNS_APPS: {parts[0][:100]!r} has {len(parts)} fields, "
+                                 "needs bundle_id|key_id|team_id|key_path[|environment]")
         apps.append(_from_mapping(dict(zip(
             ("app_id", "key_id", "team_id", "key_path", "environment"), parts, strict=False)),
             ca_file))
@@ -166,9 +172,58 @@ def _checked(app: App) -> App:
         raise bad(f"key file {app.key_path} does not exist")
     if app.environment not in ENDPOINTS:
         url = urlsplit(app.environment)
+        try:
+            url.port  # noqa: B018  (parsed lazily: a bad port raises only when read)
+        except ValueError:
+            raise bad(f"environment URL has a bad port, got {app.environment!r}") from None
         if url.scheme != "https" or not url.hostname:
             raise bad("environment must be production, sandbox or an https:// URL, "
                       f"got {app.environment!r}")
     if app.ca_file is not None and not app.ca_file.is_file():
         raise bad(f"CA file {app.ca_file} does not exist")
     return app
+
+
+def _key_problem(pem: str) -> str | None:
+    """Why ``pem`` cannot sign APNs tokens (ES256 needs an EC P-256 private key), or None.
+    The key's contents never appear in the answer."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(pem.encode(), password=None)
+    except TypeError:  # cryptography's word for "encrypted, and no password given"
+        return "is encrypted; APNs .p8 keys are not"
+    except (ValueError, UnsupportedAlgorithm):
+        return "is not a PEM private key (an APNs .p8 file)"
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        kind = type(key).__name__.removeprefix("_").removesuffix("PrivateKey")
+        return f"is not an EC P-256 key (it holds a {kind} key)"
+    if key.curve.name != "secp256r1":
+        return f"holds an EC key on {key.curve.name}, not P-256 (secp256r1)"
+    return None
+
+
+def check_apps(s: Settings | None = None) -> list[App]:
+    """Every app FARM_APNS_APPS lists, with its key file loaded and FARM_APNS_CA_FILE read, so a
+    wrong entry stops a worker at start (one line naming the app and the file) instead of
+    dead-lettering its first push. Raises AppConfigError."""
+    s = s or get_settings()
+    ca_file = s.apns_ca_file
+    if ca_file:
+        import ssl
+
+        if not Path(ca_file).is_file():
+            raise AppConfigError(f"FARM_APNS_CA_FILE: {ca_file} does not exist")
+        try:
+            ssl.create_default_context(cafile=ca_file)
+        except (ssl.SSLError, OSError, UnicodeDecodeError):
+            raise AppConfigError(f"FARM_APNS_CA_FILE: {ca_file} is not a PEM CA bundle") from None
+    found = parse_apps(s.apns_apps, ca_file or None)
+    for app in found:
+        try:
+            app.signing_key()
+        except AppConfigError as exc:
+            raise AppConfigError(f"FARM_APNS_APPS: {exc}") from None
+    return found
