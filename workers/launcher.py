@@ -14,8 +14,18 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 READY_MARK = "ready, queues="  # logged by workers.signals once the worker consumes
+
+
+def open_private_log(path: Path) -> BinaryIO:
+    """Open a log for appending, 0600 (an older one tightened too) in a directory created 0700:
+    a process's log holds task arguments."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")
 
 
 class WorkerProcess:
@@ -36,8 +46,7 @@ class WorkerProcess:
         self._stopping = False
 
     def start(self) -> WorkerProcess:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
+        with open_private_log(self.log_path) as log:
             self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         return self

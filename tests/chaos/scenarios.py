@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import random
 from typing import Any
+from urllib.parse import urlsplit
 
-_URLS = [os.environ.get(f"FARM_{name}_URL", "") for name in ("BROKER", "REDIS")]
-if not all(u.startswith("redis://127.0.0.1:") and ":6379/" not in u for u in _URLS):
+_URLS = [urlsplit(os.environ.get(f"FARM_{name}_URL", "")) for name in ("BROKER", "REDIS")]
+if not all(u.hostname == "127.0.0.1" and u.port not in (None, 6379) for u in _URLS):
     # Importing this builds the farm's app from the environment: without the mode's own servers
     # named there first, it would talk to the machine's default Redis (127.0.0.1:6379).
     raise RuntimeError("tests.chaos.scenarios imported before the mode's FARM_* variables were set")

@@ -85,6 +85,20 @@ def test_demo_serve_keeps_the_farm_up_with_flower_until_sigterm(tmp_path: Path) 
             time.sleep(0.3)  # Flower takes a moment to bind
         assert status("farm:s3cret-demo") == 200
         assert status(None) == 401 and status("farm:wrong") == 401
+        # The embedded server requires a password, kept 0600 where an operator's `farm`
+        # commands find it.
+        env_file = tmp_path / "demo" / "redis.env"
+        assert env_file.stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / "demo").stat().st_mode & 0o777 == 0o700
+        redis_password = env_file.read_text().split("redis://:")[1].split("@")[0]
+        assert len(redis_password) >= 32
+        assert f"FARM_ENV_FILE={env_file} farm stats" in log.read_text()
+        plain = {k: v for k, v in env.items() if k != "FARM_STATE_DIR"}
+        stats = subprocess.run([sys.executable, "-m", "workers.cli", "stats"], cwd=tmp_path,
+                               env={**plain, "FARM_ENV_FILE": str(env_file)},
+                               capture_output=True, text=True, timeout=60)
+        assert stats.returncode == 0, stats.stderr
+        assert redis_password not in stats.stdout + stats.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)
@@ -92,3 +106,8 @@ def test_demo_serve_keeps_the_farm_up_with_flower_until_sigterm(tmp_path: Path) 
     assert code == 0, text
     assert text.rstrip().endswith("stopped every process the demo started")
     assert "s3cret-demo" not in text
+    assert not env_file.exists()  # gone with its server
+    # Neither the demo's output nor any log shows the server's password.
+    logs = [log, *(tmp_path / "demo" / "logs").iterdir()]
+    assert [p for p in logs if redis_password in p.read_text(errors="replace")] == []
+    assert {p.stat().st_mode & 0o777 for p in logs[1:]} == {0o600}

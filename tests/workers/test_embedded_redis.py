@@ -6,7 +6,9 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import redis
 
 from tests.support.workers import wait_for
@@ -40,3 +42,25 @@ def test_server_dies_with_an_owner_killed_outright() -> None:
             return True
 
     wait_for(gone, timeout=10, what="the orphaned server to exit")
+
+
+def test_requires_a_generated_password_never_on_its_command_line() -> None:
+    with EmbeddedRedis() as server:
+        assert len(server.password) >= 32
+        assert redis.Redis.from_url(server.url(0)).ping()  # url() carries the password
+        assert server.password not in server.display_url()
+        # Another local user knows the port, not the password: refused, even PING.
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host="127.0.0.1", port=server.port, protocol=2).ping()
+        assert server.proc is not None and server.dir is not None
+        argv = Path(f"/proc/{server.proc.pid}/cmdline").read_bytes()
+        assert server.password.encode() not in argv
+        conf = server.dir / "server.conf"
+        assert conf.stat().st_mode & 0o777 == 0o600 and server.dir.stat().st_mode & 0o077 == 0
+        # A restart in place (the chaos suite's broker crash) keeps the same password.
+        before = server.password
+        server.kill()
+        server.restart()
+        assert redis.Redis.from_url(server.url(0)).ping() and server.password == before
+    with EmbeddedRedis(password="chosen-one") as server:
+        assert redis.Redis(host="127.0.0.1", port=server.port, password="chosen-one").ping()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import configparser
 import json
 import os
@@ -12,8 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,10 +18,11 @@ import redis
 
 from config.queues import QUEUES
 from config.settings import SettingsError, load_settings, replace
+from tests.support.http import http_get
 from tests.support.workers import wait_for
 from workers.commands.flower import basic_auth, check_exposure, flower_password
-from workers.commands.supervise import CONF, supervise_environ
-from workers.embedded_redis import free_port
+from workers.commands.supervise import CONF, supervise_environ, without_secrets
+from workers.embedded_redis import EmbeddedRedis, free_port
 from workers.profiles import PROFILES
 
 FARM = Path(sys.executable).parent / "farm"
@@ -76,6 +74,25 @@ def test_every_expansion_is_exported(tmp_path: Path) -> None:
     assert int(env["PHOTOFARM_CPU_CONCURRENCY"]) == (os.cpu_count() or 1)
     assert env["FARM_STATE_DIR"] == str(tmp_path / "var")
     assert not any("PASSWORD" in k for k in env)
+
+
+def test_secrets_reach_programs_as_file_paths_only(tmp_path: Path) -> None:
+    s = load_settings({**BASE_ENV, "FARM_S3_SECRET_ACCESS_KEY": "s3-value",
+                       "FARM_FLOWER_PASSWORD": "flower-value"})
+    env = supervise_environ(s, tmp_path)
+    secrets_dir = tmp_path / "var" / "secrets"
+    assert env["PHOTOFARM_WORKER_SECRETS"] == (
+        f'FARM_S3_SECRET_ACCESS_KEY_FILE="{secrets_dir / "s3_secret_access_key"}"')
+    assert env["PHOTOFARM_FLOWER_SECRETS"] == (
+        f'FARM_FLOWER_PASSWORD_FILE="{secrets_dir / "flower_password"}"')
+    assert not any("value" in v for v in env.values())
+    # supervisord's own environment, inherited by every program: no secret, no stray .env.
+    inherited = without_secrets({"FARM_S3_SECRET_ACCESS_KEY": "x", "FARM_TOKEN_KEYS_FILE": "/k",
+                                 "FARM_IO_PROCS": "2", "PATH": "/bin"})
+    assert inherited == {"FARM_IO_PROCS": "2", "PATH": "/bin", "FARM_ENV_FILE": os.devnull}
+    # Nothing set: empty environment= values, which supervisord accepts.
+    plain = supervise_environ(load_settings(BASE_ENV), tmp_path)
+    assert plain["PHOTOFARM_WORKER_SECRETS"] == plain["PHOTOFARM_FLOWER_SECRETS"] == ""
 
 
 def test_defaults_add_up_to_about_200_task_processes() -> None:
@@ -159,6 +176,15 @@ def _cmdline(pid: int) -> list[str]:
     return raw.decode(errors="replace").split("\0")[:-1]
 
 
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    pairs = (item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item)
+    return {k: v for k, _, v in pairs}
+
+
 def _ctl(env: dict[str, str], cwd: Path, *args: str) -> str:
     return subprocess.run([FARM, "supervise", "ctl", *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=30).stdout
@@ -168,16 +194,6 @@ def _status(env: dict[str, str], cwd: Path) -> dict[str, str]:
     lines = _ctl(env, cwd, "status").splitlines()
     return {line.split()[0]: line.split()[1] for line in lines if len(line.split()) > 1}
 
-
-def _get(url: str, auth: str | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url)
-    if auth:
-        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, b""
 
 
 def _listen_addresses(port: int) -> set[str]:
@@ -193,17 +209,20 @@ def _listen_addresses(port: int) -> set[str]:
 
 
 @pytest.mark.integration
-def test_farm_runs_under_supervisord_and_stops_cleanly(data: redis.Redis, tmp_path: Path) -> None:
+def test_farm_runs_under_supervisord_and_stops_cleanly(
+        data: redis.Redis, redis_server: EmbeddedRedis, tmp_path: Path) -> None:
     from config.celery_app import app
     from workers.commands.ping import ping_queues
 
     password = "pw-" + secrets.token_hex(16)
+    s3_secret = "s3-" + secrets.token_hex(16)
     port = free_port()
     state = tmp_path / "state"
+    state.mkdir(mode=0o755)  # an operator's existing, too open state dir is tightened
     env = {**os.environ, "FARM_STATE_DIR": str(state), "FARM_CPU_CONCURRENCY": "1",
            "FARM_FEED_CONCURRENCY": "1", "FARM_IO_PROCS": "2", "FARM_IO_THREADS": "2",
            "FARM_BATCH_CONCURRENCY": "1", "FARM_FLOWER_PORT": str(port),
-           "FARM_FLOWER_PASSWORD": password}
+           "FARM_FLOWER_PASSWORD": password, "FARM_S3_SECRET_ACCESS_KEY": s3_secret}
     expected = {"workers:cpu", "workers:feed", "workers:io-00", "workers:io-01",
                 "workers:batch", "beat", "flower"}
     out = tmp_path / "supervise.out"
@@ -229,10 +248,42 @@ def test_farm_runs_under_supervisord_and_stops_cleanly(data: redis.Redis, tmp_pa
 
         # Flower: basic auth, bound to loopback only.
         base, auth = f"http://127.0.0.1:{port}", f"farm:{password}"
-        assert _get(base + "/")[0] == 401
-        assert _get(base + "/", "farm:wrong")[0] == 401
-        assert _get(base + "/", auth)[0] == 200
+        assert http_get(base + "/")[0] == 401
+        assert http_get(base + "/", "farm:wrong")[0] == 401
+        assert http_get(base + "/", auth)[0] == 200
         assert _listen_addresses(port) == {"0100007F"}  # 127.0.0.1, nothing else
+        # Its Prometheus metrics too (Flower 2.x leaves /metrics open).
+        assert http_get(base + "/metrics")[0] == 401
+        assert http_get(base + "/metrics", auth)[0] == 200
+
+        # Secrets only where used: no process holds a secret's value in its environment; the
+        # workers get the S3 secret's file, Flower its password's, beat and supervisord neither.
+        environs = {p: _environ(p) for p in [sup.pid, *started]}
+        assert [p for p, e in environs.items()
+                if any(s3_secret in v or password in v for v in e.values())] == []
+        workers = [p for p in started if _cmdline(p)[2:3] == ["worker"]]
+        others = [sup.pid, *(p for p in started if _cmdline(p)[2:] in (["beat"], ["flower"]))]
+        assert len(workers) >= 5 and len(others) == 3
+        for pid in workers:
+            worker_settings = load_settings(environs[pid])  # what the worker itself loads
+            assert worker_settings.s3_secret_access_key == s3_secret
+            assert "FARM_FLOWER_PASSWORD_FILE" not in environs[pid]
+        flower_pid = next(p for p in started if _cmdline(p)[2:] == ["flower"])
+        assert "FARM_FLOWER_PASSWORD_FILE" in environs[flower_pid]
+        for pid in others:
+            assert not [k for k in environs[pid] if k.startswith("FARM_S3_SECRET")], pid
+        secret_file = Path(environs[workers[0]]["FARM_S3_SECRET_ACCESS_KEY_FILE"])
+        assert secret_file.parent == state / "secrets"
+        assert secret_file.stat().st_mode & 0o777 == 0o600
+        assert secret_file.parent.stat().st_mode & 0o777 == 0o700
+
+        # Private state: the dir 0700, every log 0600.
+        assert state.stat().st_mode & 0o777 == 0o700
+        assert (state / "log").stat().st_mode & 0o777 == 0o700
+        logfiles = list((state / "log").iterdir())
+        assert len(logfiles) >= len(expected) + 1  # each program's and supervisord's
+        assert {p.name: p.stat().st_mode & 0o777 for p in logfiles} == dict.fromkeys(
+            (p.name for p in logfiles), 0o600)
 
         # The password is on no command line (nor, checked after the stop, in any log).
         secret = password.encode()
@@ -252,7 +303,7 @@ def test_farm_runs_under_supervisord_and_stops_cleanly(data: redis.Redis, tmp_pa
                   for q in ("maintenance", "push")}
 
         def started_in_flower() -> bool:
-            states = [_get(f"{base}/api/task/info/{tid}", auth) for tid in sleeps.values()]
+            states = [http_get(f"{base}/api/task/info/{tid}", auth) for tid in sleeps.values()]
             return all(code == 200 and json.loads(body)["state"] == "STARTED"
                        for code, body in states)
 
@@ -268,9 +319,12 @@ def test_farm_runs_under_supervisord_and_stops_cleanly(data: redis.Redis, tmp_pa
         assert stop_seconds < 45
         assert stop_seconds > SLEEP / 2  # the workers did wait for their running tasks
         assert not (state / "supervisord.pid").exists()
-        logs = [out, *(p for p in state.rglob("*") if p.is_file())]
+        # The secrets' own 0600 files aside, no file holds a secret or the broker's password.
+        logs = [out, *(p for p in state.rglob("*") if p.is_file()
+                       and p.parent != state / "secrets")]
         assert len(logs) > len(expected)
-        assert [p for p in logs if secret in p.read_bytes()] == []
+        for value in (secret, s3_secret.encode(), redis_server.password.encode()):
+            assert [p for p in logs if value in p.read_bytes()] == []
     finally:
         if sup.poll() is None:
             sup.kill()

@@ -48,7 +48,7 @@ def flower_password(s: Settings) -> tuple[str, Path | None]:
     if s.flower_password:
         return s.flower_password, None
     path = (s.state_dir / PASSWORD_FILE).resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if path.is_file():
         os.chmod(path, 0o600)
         kept = path.read_text().strip()
@@ -71,6 +71,20 @@ def basic_auth(user: str, password: str) -> str:
     return f"{user}:{password}"
 
 
+def guard_metrics() -> None:
+    """Put Flower's /metrics behind the same basic auth as every other page. Flower 2.x's
+    Metrics handler has no auth check (its pages and API do), so anyone who can reach the port
+    would read the task names, worker names and counts it exports. Patched in this process only,
+    before Flower builds its routes; `authenticated` runs the basic-auth check (401) first."""
+    import tornado.web
+    from flower.views.monitor import Metrics  # type: ignore[import-untyped]
+
+    if not getattr(Metrics.get, "farm_guarded", False):
+        guarded = tornado.web.authenticated(Metrics.get)
+        guarded.farm_guarded = True  # type: ignore[attr-defined]
+        Metrics.get = guarded
+
+
 def run(args: argparse.Namespace) -> int:
     s = get_settings()
     check_exposure(s)
@@ -79,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     if generated:
         print(f"farm flower: no FARM_FLOWER_PASSWORD set; user {s.flower_user!r}, password in "
               f"{generated}", file=sys.stderr, flush=True)
+    guard_metrics()
     from config.celery_app import app
 
     # celery-types declares start NoReturn; it returns the command's exit code, or None.
