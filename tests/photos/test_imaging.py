@@ -14,7 +14,13 @@ import pytest
 from PIL import Image, ImageCms, ImageOps
 
 from config.settings import Settings
-from tasks.photos.imaging import ImageRefused, make_variants, variant_specs
+from tasks.photos.imaging import (
+    ImageRefused,
+    decode_jpeg,
+    make_variants,
+    scans_complete,
+    variant_specs,
+)
 from tests.support import corpus, icc_profiles
 from tests.support.corpus import BLUE, GREEN, QUADRANTS, RED, RGB, WHITE
 
@@ -116,6 +122,8 @@ def test_corpus_is_deterministic() -> None:
         lambda: corpus.cmyk_jpeg(True), corpus.grey16_png, lambda: corpus.rgb16_png(True),
         corpus.rgba_png, corpus.transparent_gif, lambda: corpus.animated("WEBP"), corpus.mpo,
         corpus.truncated_jpeg, corpus.corrupt_jpeg, corpus.bomb_png,
+        lambda: corpus.noise_jpeg("CMYK"), corpus.ycck_jpeg, corpus.broken_exif_jpeg,
+        lambda: corpus.cut_at_scan(corpus.noise_jpeg(progressive=True), 3),
     ]
     for build in builders:
         assert build() == build()
@@ -164,6 +172,19 @@ def test_exif_orientation_applied_and_metadata_stripped(orientation: int) -> Non
     assert sizes(out) == LANDSCAPE_400x300
     for im in out.values():
         assert_upright(im)
+
+
+def test_unreadable_exif_leaves_the_picture_as_stored() -> None:
+    """A TIFF header Pillow cannot parse (it raised SyntaxError out of exif_transpose): the
+    variants are made, unrotated, and still without metadata."""
+    data = corpus.broken_exif_jpeg()
+    plain = Image.new("RGB", (4, 4))
+    plain.info["exif"] = Image.open(io.BytesIO(data)).info["exif"]
+    with pytest.raises(SyntaxError):
+        ImageOps.exif_transpose(plain)
+    out = variants(data)
+    assert sizes(out) == {"full": (300, 400), "sq612": (300, 300), "sq306": (300, 300),
+                          "sq150": (150, 150)}
 
 
 def test_phone_photo_rotated_with_draft_decoding() -> None:
@@ -356,14 +377,17 @@ NOT_ACCEPTED = r"^not an image in an accepted format \(JPEG, .*\)$"
     (corpus.truncated_png, r"^truncated or corrupt image data: image file is truncated$"),
     (corpus.corrupt_jpeg,
      r"^truncated or corrupt image data: Invalid JPEG file structure: two SOF markers$"),
-    (corpus.bomb_png, r"^decompression bomb refused: Image size \(900000000 pixels\) exceeds "
-                      r"limit of 178956970 pixels"),
-    (corpus.bomb_png_pillow_warns, r"^decompression bomb refused: Image size \(100000000 "
-                                   r"pixels\) exceeds limit of 89478485 pixels"),
-    (corpus.over_limit_png,
-     r"^image is 8000x8000 \(64000000 pixels\), over the 50000000-pixel limit$"),
+    # Pillow's own check fires first inside Image.open; the reason names the farm's limit.
+    (corpus.bomb_png, r"^decompression bomb refused: 900000000 pixels, over the limit of "
+                      r"50000000 pixels \(FARM_MAX_PIXELS\)$"),
+    (corpus.bomb_png_400mpx, r"^decompression bomb refused: 400000000 pixels, over the limit of "
+                             r"50000000 pixels \(FARM_MAX_PIXELS\)$"),
+    (corpus.bomb_png_pillow_warns, r"^decompression bomb refused: 100000000 pixels, over the "
+                                   r"limit of 50000000 pixels \(FARM_MAX_PIXELS\)$"),
+    (corpus.over_limit_png, r"^image is 8000x8000 \(64000000 pixels\), over the limit of "
+                            r"50000000 pixels \(FARM_MAX_PIXELS\)$"),
 ], ids=["empty", "text", "tiff", "bmp", "truncated-jpeg", "truncated-png", "corrupt-jpeg",
-        "bomb-900mpx", "bomb-100mpx", "over-farm-limit"])
+        "bomb-900mpx", "bomb-400mpx", "bomb-100mpx", "over-farm-limit"])
 def test_refused_with_reason(build: Callable[[], bytes], reason: str) -> None:
     data = build()
     with pytest.raises(ImageRefused, match=reason) as refused:
@@ -371,8 +395,8 @@ def test_refused_with_reason(build: Callable[[], bytes], reason: str) -> None:
     assert "\n" not in str(refused.value)
 
 
-@pytest.mark.parametrize("build", [corpus.bomb_png, corpus.bomb_png_pillow_warns,
-                                   corpus.over_limit_png])
+@pytest.mark.parametrize("build", [corpus.bomb_png, corpus.bomb_png_400mpx,
+                                   corpus.bomb_png_pillow_warns, corpus.over_limit_png])
 def test_bomb_refused_fast_from_the_header(build: Callable[[], bytes]) -> None:
     data = build()
     assert len(data) < 200  # a header and nothing to decode
@@ -383,20 +407,33 @@ def test_bomb_refused_fast_from_the_header(build: Callable[[], bytes]) -> None:
 
 
 def test_pillow_bomb_warning_refuses_even_under_a_higher_farm_limit() -> None:
-    with pytest.raises(ImageRefused, match=r"^decompression bomb refused: "):
+    """Under the farm's limit, Pillow's warning still refuses, and its reason is Pillow's."""
+    with pytest.raises(ImageRefused, match=r"^decompression bomb refused: Image size "
+                                           r"\(100000000 pixels\) exceeds limit of 89478485"):
         make_variants(corpus.bomb_png_pillow_warns(), SPECS, max_pixels=500_000_000)
+
+
+def test_bomb_reason_quotes_the_configured_limit() -> None:
+    """The 400 Mpx header is refused quoting FARM_MAX_PIXELS as set, not Pillow's 178,956,970."""
+    s = Settings(max_pixels=60_000_000)
+    with pytest.raises(ImageRefused, match=re.escape(
+            "decompression bomb refused: 400000000 pixels, over the limit of 60000000 pixels "
+            "(FARM_MAX_PIXELS)")):
+        make_variants(corpus.bomb_png_400mpx(), SPECS, max_pixels=s.max_pixels)
 
 
 def test_farm_limit_holds_without_pillows(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
     with pytest.raises(ImageRefused, match=re.escape(
-            "image is 30000x30000 (900000000 pixels), over the 50000000-pixel limit")):
+            "image is 30000x30000 (900000000 pixels), over the limit of 50000000 pixels "
+            "(FARM_MAX_PIXELS)")):
         make_variants(corpus.bomb_png(), SPECS)
 
 
 def test_max_pixels_is_the_callers() -> None:
     with pytest.raises(ImageRefused, match=re.escape(
-            "image is 400x300 (120000 pixels), over the 100000-pixel limit")):
+            "image is 400x300 (120000 pixels), over the limit of 100000 pixels "
+            "(FARM_MAX_PIXELS)")):
         make_variants(corpus.oriented_jpeg(1), SPECS, max_pixels=100_000)
 
 
@@ -415,3 +452,111 @@ def test_jpeg_ending_early_is_refused() -> None:
     with pytest.raises(ImageRefused, match=r"^truncated or corrupt image data: Corrupt JPEG "
                                            r"data: premature end of data segment$"):
         make_variants(corpus.early_eoi_jpeg(), SPECS)
+
+
+# -- a truncation behind a harmless warning ----------------------------------------------------
+# libjpeg reports only its first warning. Each of these was stored half grey, record ready,
+# before the farm tidied the harmless bytes away and decoded CMYK strictly too.
+
+PREMATURE_END = (r"^truncated or corrupt image data: Corrupt JPEG data: premature end of data "
+                 r"segment$")
+C = corpus
+
+
+@pytest.mark.parametrize("build", [
+    lambda: C.cut_and_closed(C.stray_bytes_before_dqt(C.noise_jpeg())),
+    lambda: C.cut_and_closed(C.stray_bytes_before_dqt(C.noise_jpeg("L"))),
+    lambda: C.cut_and_closed(C.stray_bytes_before_dqt(C.noise_jpeg(progressive=True))),
+    lambda: C.cut_and_closed(C.future_jfif(C.noise_jpeg())),
+    lambda: C.cut_and_closed(C.noise_jpeg("CMYK")),
+    lambda: C.cut_and_closed(C.stray_bytes_before_dqt(C.noise_jpeg("CMYK"))),
+], ids=["stray-bytes-before-dqt", "grey-stray-bytes", "progressive-stray-bytes",
+        "future-jfif-revision", "cmyk", "cmyk-stray-bytes"])
+def test_cut_at_60_percent_and_closed_is_refused(build: Callable[[], bytes]) -> None:
+    data = build()
+    assert data.endswith(b"\xff\xd9")
+    Image.open(io.BytesIO(data)).load()  # Pillow alone takes it: the missing rows come out grey
+    with pytest.raises(ImageRefused, match=PREMATURE_END):
+        make_variants(data, SPECS)
+
+
+@pytest.mark.parametrize(("build", "harmless"), [
+    (C.noise_jpeg, C.stray_bytes_before_dqt),
+    (lambda: C.noise_jpeg("CMYK"), C.stray_bytes_before_dqt),
+    (lambda: C.noise_jpeg(progressive=True), C.stray_bytes_before_dqt),
+    (C.noise_jpeg, C.future_jfif),
+    (C.noise_jpeg, C.garbage_before_end),
+    (lambda: C.noise_jpeg(progressive=True), C.garbage_before_end),
+    (C.noise_jpeg, lambda data: data + b"trailing garbage" * 8),
+    (C.mpo, C.stray_bytes_before_dqt),
+], ids=["stray-bytes", "cmyk-stray-bytes", "progressive-stray-bytes", "future-jfif-revision",
+        "garbage-before-end-marker", "progressive-garbage-before-end-marker",
+        "trailing-garbage", "mpo-stray-bytes"])
+def test_harmless_bytes_alone_leave_every_pixel_right(build: Callable[[], bytes],
+                                                      harmless: Callable[[bytes], bytes]) -> None:
+    """The same variants, byte for byte, as from the file without them."""
+    data = build()
+    assert [r.data for r in make_variants(harmless(data), SPECS)] == [
+        r.data for r in make_variants(data, SPECS)]
+
+
+def test_stray_bytes_between_progressive_scans_are_refused() -> None:
+    """Bytes after a scan's data cannot be told from it, so they cannot be tidied away, and
+    libjpeg would not report a truncation after them: refused, cut short or not."""
+    whole = C.stray_bytes_between_scans(C.noise_jpeg(progressive=True))
+    for data in (whole, C.cut_and_closed(whole)):
+        with pytest.raises(ImageRefused, match=r"^truncated or corrupt image data: Corrupt JPEG "
+                                               r"data: \d+ extraneous bytes before marker 0xc4$"):
+            make_variants(data, SPECS)
+
+
+@pytest.mark.parametrize("build", [lambda: C.noise_jpeg("CMYK"), C.ycck_jpeg],
+                         ids=["cmyk", "ycck"])
+def test_cmyk_decoded_as_pillow_decodes_it(build: Callable[[], bytes]) -> None:
+    """libjpeg-turbo's CMYK (and YCCK) read with Pillow's Adobe inversion: the same numbers."""
+    data = build()
+    reference = Image.open(io.BytesIO(data))
+    reference.load()
+    decoded = decode_jpeg(data, Image.open(io.BytesIO(data)), 10_000, 10_000)  # full scale
+    assert decoded is not None and decoded.mode == "CMYK"
+    assert decoded.tobytes() == reference.tobytes()
+
+
+@pytest.mark.parametrize("scans", range(1, 10))
+def test_progressive_jpeg_cut_at_a_scan_boundary_is_refused(scans: int) -> None:
+    """No warning at all from libjpeg (a progressive file may stop after any scan), but the
+    coefficients of the missing scans come out as zeros: blurred, discoloured, refused."""
+    whole = C.noise_jpeg(progressive=True)
+    assert whole.count(b"\xff\xda") == 10
+    data = C.cut_at_scan(whole, scans)
+    Image.open(io.BytesIO(data)).load()  # Pillow alone takes it
+    with pytest.raises(ImageRefused, match=r"^truncated or corrupt image data: scans missing "
+                                           r"\(the file ends at a scan boundary\)$"):
+        make_variants(data, SPECS)
+
+
+def frame(sof: int, scans: list[bytes]) -> bytes:
+    """A hand-made JPEG skeleton: three components, then the given SOS segments, each followed
+    by two bytes of scan data, then the end marker."""
+    components = b"\x01\x22\x00\x02\x11\x01\x03\x11\x01"
+    header = b"\xff\xd8" + bytes([0xFF, sof]) + b"\x00\x11\x08\x00\x10\x00\x10\x03" + components
+    return header + b"".join(b"\xff\xda" + scan + b"\x12\x34" for scan in scans) + b"\xff\xd9"
+
+
+SOS_ALL = b"\x00\x0c\x03\x01\x00\x02\x11\x03\x11\x00\x3f\x00"  # Y, Cb, Cr; 0-63; Al 0
+
+
+def sos_one(component: int) -> bytes:
+    return b"\x00\x08\x01" + bytes([component]) + b"\x00\x00\x3f\x00"
+
+
+@pytest.mark.parametrize(("data", "complete"), [
+    (frame(0xC0, [SOS_ALL]), True),
+    (frame(0xC0, [sos_one(1), sos_one(2), sos_one(3)]), True),  # one scan per component
+    (frame(0xC0, [sos_one(1)]), False),  # ends after the first component's scan
+    (frame(0xC2, [b"\x00\x0c\x03\x01\x00\x02\x00\x03\x00\x00\x00\x01"]), False),  # DC, Al 1
+    (frame(0xC3, [b"\x00\x0c\x03\x01\x00\x02\x00\x03\x00\x01\x00\x00"]), True),  # lossless
+], ids=["baseline", "one-scan-per-component", "components-missing", "progressive-dc-only",
+        "lossless"])
+def test_scans_complete(data: bytes, complete: bool) -> None:
+    assert scans_complete(data) is complete

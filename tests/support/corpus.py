@@ -12,8 +12,11 @@ import random
 import struct
 import zlib
 from functools import cache
+from typing import cast
 
+import numpy as np
 import pillow_heif
+import simplejpeg
 from PIL import Image
 
 from tests.support import icc_profiles
@@ -98,6 +101,14 @@ def oriented_jpeg(orientation: int) -> bytes:
     """400x300 upright once orientation ``orientation`` is applied; with EXIF (camera, GPS), a
     COM comment and an XMP packet, all of which must be stripped."""
     return _jpeg(stored(orientation), exif=private_exif(orientation), comment=COMMENT, xmp=XMP)
+
+
+def broken_exif_jpeg() -> bytes:
+    """Orientation 6 (stored 300x400), but the EXIF's TIFF header is mangled (as a fuzzer found:
+    a stray SOI marker between the byte order and the magic number), so it cannot be read."""
+    data = oriented_jpeg(6)
+    tiff = data.index(b"Exif\0\0") + 6
+    return data[:tiff + 2] + b"\xff\xd8" + data[tiff + 2:]
 
 
 @cache
@@ -312,6 +323,62 @@ def early_eoi_jpeg() -> bytes:
     return bytes(data)
 
 
+# -- JPEGs cut short, behind something harmless -----------------------------------------------
+# libjpeg reports only its first warning: a harmless one first (stray bytes, a newer JFIF
+# revision) must not hide the truncation after it.
+
+def noise_jpeg(mode: str = "RGB", **params: object) -> bytes:
+    """200x150 incompressible pixels in ``mode`` (RGB, L or CMYK): the scan is most of the file."""
+    return _jpeg(noise((200, 150)).convert(mode), **params)
+
+
+def ycck_jpeg() -> bytes:
+    """CMYK stored as YCCK (Adobe transform 2), as libjpeg-turbo's own encoder writes it."""
+    pixels = np.ascontiguousarray(np.asarray(noise((64, 48)).convert("CMYK")))
+    return cast(bytes, simplejpeg.encode_jpeg(pixels, quality=92, colorspace="CMYK"))
+
+
+def cut_and_closed(data: bytes, fraction: float = 0.6) -> bytes:
+    """The first ``fraction`` of the file, closed with an end marker (FFD9), as an upload that
+    stopped and was "repaired" by a client: libjpeg only warns and fills the rest with grey."""
+    return data[:int(len(data) * fraction)] + b"\xff\xd9"
+
+
+def stray_bytes_before_dqt(data: bytes, stray: bytes = b"\x12\x34\x56") -> bytes:
+    """Bytes some cameras leave between header segments, put before the first DQT segment."""
+    dqt = data.index(b"\xff\xdb")
+    return data[:dqt] + stray + data[dqt:]
+
+
+def future_jfif(data: bytes) -> bytes:
+    """The JFIF APP0 segment claims version 3.01, which libjpeg warns about and decodes."""
+    jfif = data.index(b"JFIF\0") + 5
+    return data[:jfif] + b"\x03\x01" + data[jfif + 2:]
+
+
+def garbage_before_end(data: bytes, size: int = 40) -> bytes:
+    """Bytes between the last scan and the end marker: libjpeg skips them with a warning once
+    every scan is decoded."""
+    eoi = data.rindex(b"\xff\xd9")
+    return data[:eoi] + bytes(range(1, size + 1)) + data[eoi:]
+
+
+def stray_bytes_between_scans(data: bytes) -> bytes:
+    """A progressive JPEG with stray bytes before the Huffman table of its second scan, where
+    they cannot be told from the first scan's data."""
+    second_dht = data.index(b"\xff\xc4", _scan_start(data))
+    return data[:second_dht] + bytes(range(1, 41)) + data[second_dht:]
+
+
+def cut_at_scan(data: bytes, scans: int) -> bytes:
+    """A progressive JPEG cut just before its scan number ``scans + 1`` and closed with an end
+    marker: libjpeg does not warn, and decodes the coefficients of the missing scans as zeros."""
+    pos = _scan_start(data)
+    for _ in range(scans):
+        pos = data.index(b"\xff\xda", pos) + 2
+    return data[:pos - 2] + b"\xff\xd9"
+
+
 def png_header(width: int, height: int) -> bytes:
     """A tiny, valid-looking PNG (good CRCs) whose IHDR claims ``width`` x ``height`` RGB."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
@@ -322,6 +389,11 @@ def png_header(width: int, height: int) -> bytes:
 def bomb_png() -> bytes:
     """30000x30000 = 900 Mpx, over twice Pillow's MAX_IMAGE_PIXELS: Pillow itself errors."""
     return png_header(30000, 30000)
+
+
+def bomb_png_400mpx() -> bytes:
+    """20000x20000 = 400 Mpx: Pillow's own check (over 178,956,970 pixels) fires first."""
+    return png_header(20000, 20000)
 
 
 def bomb_png_pillow_warns() -> bytes:

@@ -7,7 +7,8 @@ import runpy
 import sys
 
 BENCHMARKS = {"enqueue": "bench.enqueue", "resize": "bench.resize", "fanout": "bench.fanout",
-              "push": "bench.push", "fetch": "bench.fetch", "webhooks": "bench.webhooks"}
+              "push": "bench.push", "fetch": "bench.fetch", "webhooks": "bench.webhooks",
+              "quality": "bench.quality"}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
