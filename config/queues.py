@@ -50,6 +50,7 @@ ROUTES: dict[str, str] = {
     "batch.feed_trim": Q.MAINTENANCE,
     "batch.fanout_sweep": Q.MAINTENANCE,
     "batch.feed_rebuild": Q.MAINTENANCE,  # on demand only: `farm batch feed-rebuild USER_ID ...`
+    "batch.photo_sweep": Q.MAINTENANCE,
     # diagnostics: `farm ping` sends diag.ping to every queue explicitly
     "diag.ping": Q.MAINTENANCE,
     "diag.sleep": Q.MAINTENANCE,

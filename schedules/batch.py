@@ -13,6 +13,7 @@ from datetime import timedelta
 from tasks.core.jobs import Job
 from tasks.feeds.jobs import FANOUT_SWEEP, FEED_REBUILD, FEED_TRIM
 from tasks.maintenance.jobs import DEADLETTER_REPORT, SWEEP
+from tasks.photos.jobs import PHOTO_SWEEP
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ JOBS: dict[str, Scheduled] = {
         # Chunks lost with their worker are re-sent FARM_FANOUT_SWEEP_AFTER after they were sent;
         # looking every minute keeps that delay close to the setting.
         Scheduled(FANOUT_SWEEP, timedelta(minutes=1)),
+        # A photo left in processing is failed at most this long after stuck_after (stuck.py).
+        Scheduled(PHOTO_SWEEP, timedelta(minutes=5)),
         Scheduled(FEED_REBUILD, None),
     )
 }

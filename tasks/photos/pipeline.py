@@ -3,8 +3,10 @@ recorded, then the rest of the post (fan-out, cross-posts, webhooks) let go.
 
 Safe to run twice: variant keys are deterministic, a ready photo is a no-op, and a rerun after a
 crash between upload and record rebuilds the record from the stored variants instead of
-resizing again. Pillow and boto3 are imported on first use, so workers that never resize never
-load them.
+resizing again. Every run ends its record ready or failed: a refusal here, every other way a
+message is dead-lettered through the tasks' ``on_dead_letter`` hooks below; a failure never
+turns a ready record failed. Pillow and boto3 are imported on first use, so workers that never
+resize never load them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from config.settings import Settings, get_settings
 from tasks.core import publish, timing
 from tasks.core.errors import PermanentError
 from tasks.core.redis import data_redis
+from tasks.core.validation import InvalidArgument, valid_photo_id
 from tasks.photos.records import READY, PhotoRecord, PhotoRecords
 
 if TYPE_CHECKING:
@@ -75,9 +78,11 @@ def describe(key: str, width: int, height: int, size: int, version: int,
 
 
 def process_photo(photo_id: int, owner_id: int, original_key: str, caption: str = "",
-                  share_to: Sequence[str] = (), *, reprocess: bool = False) -> PhotoRecord | None:
+                  share_to: Sequence[str] = (), *, reprocess: bool = False,
+                  attempt: int = 1) -> PhotoRecord | None:
     """Resize, store, record, then start the follow-on jobs (not on a reprocess). Returns the
-    record as stored (None only if it was deleted meanwhile)."""
+    record as stored (None only if it was deleted meanwhile). ``attempt`` (1, then 2 for the
+    first retry...) is noted on the record while it is processing."""
     from tasks.blobs import open_store
     from tasks.photos.imaging import ImageRefused
 
@@ -93,7 +98,7 @@ def process_photo(photo_id: int, owner_id: int, original_key: str, caption: str 
     version = record.version if record else 1
     if record and reprocess:
         version += 1
-    records.start(photo_id, owner_id, original_key, version)
+    records.start(photo_id, owner_id, original_key, version, attempt)
     with timing.collect() as phases:
         try:
             variants = make_and_store_variants(
@@ -116,9 +121,38 @@ def _report_phases(phases: dict[str, float]) -> None:
         timing.add(name, ms)
 
 
-def reprocess_photo(photo_id: int) -> PhotoRecord | None:
+def reprocess_photo(photo_id: int, *, attempt: int = 1) -> PhotoRecord | None:
     """Remake a known photo's variants (after a size or quality change), bumping its version."""
     record = PhotoRecords(data_redis(), get_settings()).get(photo_id)
     if record is None:
         raise PermanentError(f"unknown photo {photo_id}: no record to reprocess")
-    return process_photo(photo_id, record.owner_id, record.original_key, reprocess=True)
+    return process_photo(photo_id, record.owner_id, record.original_key, reprocess=True,
+                         attempt=attempt)
+
+
+# How each dead letter's reason reads on the record, before the error itself.
+_FAILED_BECAUSE = {"exhausted": "retries exhausted: ", "error": "internal error: "}
+
+
+def upload_dead_lettered(arguments: dict[str, Any], reason: str, error: str) -> None:
+    """photos.process's ``on_dead_letter``: the record ends failed with the dead letter's error,
+    whatever dead-lettered the message (exhausted retries, an invalid argument, the redelivery
+    cap, a bug), written if the run never got as far as starting it: the web tier waits on it."""
+    _mark_failed(arguments, reason, error, create=True)
+
+
+def reprocess_dead_lettered(arguments: dict[str, Any], reason: str, error: str) -> None:
+    """photos.reprocess's ``on_dead_letter``: as :func:`upload_dead_lettered`, for a photo that
+    has a record (an unknown one gets none)."""
+    _mark_failed(arguments, reason, error, create=False)
+
+
+def _mark_failed(arguments: dict[str, Any], reason: str, error: str, *, create: bool) -> None:
+    # Nothing to mark if photo_id itself is not valid. A ready record (another delivery of the
+    # message finished it) and a failed one (its run said why) are kept as they are.
+    try:
+        photo_id = valid_photo_id("photo_id", arguments.get("photo_id"))
+    except InvalidArgument:
+        return
+    PhotoRecords(data_redis(), get_settings()).failed_late(
+        photo_id, _FAILED_BECAUSE.get(reason, "") + error, create=create)

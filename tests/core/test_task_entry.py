@@ -73,8 +73,12 @@ def test_bad_messages_sent_by_name_are_dead_lettered_permanently_naming_the_argu
     counts = metrics.read(data, s)
     for name in ("photos.process", "push.notify"):
         assert (counts[name]["ok"], counts[name]["retry"], counts[name]["deadletter"]) == (0, 0, 3)
-    # Refused before the pipeline ran: no photo record, no follow-on job.
+    # Refused before the pipeline ran, no follow-on job; the web tier still learns the photo
+    # failed when its id was valid (an invalid id names no photo to mark).
     records = PhotoRecords(data, s)
-    for photo_id in (2**70, 9101, 9102):
-        assert records.get(photo_id) is None
+    assert records.get(2**70) is None
+    for photo_id, argument in ((9101, "owner_id"), (9102, "share_to")):
+        record = records.get(photo_id)
+        assert record is not None and record.status == "failed"
+        assert record.reason.startswith(f"InvalidArgument: {argument}")
     assert not (set(counts) - {"photos.process", "push.notify"})

@@ -149,13 +149,14 @@ def test_cli_list_and_unknown_names(capsys: pytest.CaptureFixture[str]) -> None:
     assert [line.split()[:3] for line in lines] == [
         ["deadletter-report", "every", "1h"], ["sweep", "every", "15m"],
         ["feed-trim", "every", "1d"], ["fanout-sweep", "every", "1m"],
-        ["feed-rebuild", "on", "demand"]]
-    assert lines[4].split()[3] == "batch.feed_rebuild"
+        ["photo-sweep", "every", "5m"], ["feed-rebuild", "on", "demand"]]
+    assert lines[5].split()[3] == "batch.feed_rebuild"
 
     assert main(["batch", "nope"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err == ["farm batch: unknown batch job 'nope'; "
-                   "known: deadletter-report, sweep, feed-trim, fanout-sweep, feed-rebuild"]
+                   "known: deadletter-report, sweep, feed-trim, fanout-sweep, photo-sweep, "
+                   "feed-rebuild"]
 
     assert main(["batch"]) == 2
     assert "--list" in capsys.readouterr().err
@@ -196,7 +197,7 @@ def test_cli_help_lists_every_job_and_how_often(capsys: pytest.CaptureFixture[st
     assert [line.split()[:3] for line in jobs] == [
         ["deadletter-report", "every", "1h"], ["sweep", "every", "15m"],
         ["feed-trim", "every", "1d"], ["fanout-sweep", "every", "1m"],
-        ["feed-rebuild", "on", "demand"]]
+        ["photo-sweep", "every", "5m"], ["feed-rebuild", "on", "demand"]]
 
 
 # --- farm batch feed-rebuild (on demand, per user) ------------------------------------------

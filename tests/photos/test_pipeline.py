@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import pytest
 import redis
 from PIL import Image
 
+from config.celery_app import app
 from config.settings import get_settings
 from tasks import enqueue
 from tasks.blobs import open_store
@@ -235,3 +237,43 @@ def test_farm_photo_upload_stores_a_large_original_multipart_and_enqueues(
 
     assert farm(["photo", "upload", str(big), "--id", "0", "--owner", "42"]) == 2
     assert "photo_id: must be between" in capsys.readouterr().err
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_every_message_ends_its_photo_ready_or_failed_with_the_reason(
+        data: redis.Redis, workers: WorkerFactory) -> None:
+    """A real worker, its store down (S3 on a closed port): the upload's record ends failed once
+    the retries run out, not "processing" for ever; so do a message with an invalid argument and
+    one whose worker died under it until the redelivery cap."""
+    s = get_settings()
+    down = f"http://127.0.0.1:{closed_port()}"
+    workers("cpu", env={"FARM_STORAGE_URL": "s3://photos/media", "FARM_S3_ENDPOINT_URL": down,
+                        "FARM_S3_ACCESS_KEY_ID": KEY_ID, "FARM_S3_SECRET_ACCESS_KEY": SECRET})
+    dead = DeadLetterStore(data, s)
+    upload_id = enqueue.photo_uploaded(20, 42, "originals/20.jpg")
+    bad_id = app.send_task("photos.process", kwargs={
+        "photo_id": 21, "owner_id": "42", "original_key": "originals/21.jpg"}).id
+    # As if three workers had died under this message already: this delivery is one too many.
+    data.set(s.key("deliveries", "lost-22", 0), s.max_deliveries)
+    app.send_task("photos.process", kwargs={"photo_id": 22, "owner_id": 42,
+                                            "original_key": "originals/22.jpg"}, task_id="lost-22")
+
+    ended = wait_for(lambda: all((r := record(data, p)) and r.status == "failed"
+                                 for p in (20, 21, 22)), timeout=60, what="three failed records")
+    assert ended
+    rec = record(data, 20)
+    assert rec.reason.startswith("retries exhausted: TransientError: S3 head s3://photos/media/")
+    assert "EndpointConnectionError: Could not connect" in rec.reason
+    assert rec.attempt == s.retry_max + 1 and "\n" not in rec.reason
+    assert dead.get(upload_id).reason == "exhausted"
+    assert record(data, 21).reason == ("InvalidArgument: owner_id: must be an integer, "
+                                       "got str '42'")
+    assert dead.get(bad_id).reason == "permanent"
+    assert record(data, 22).reason.startswith("WorkerLost: started 3 times and never finished")
+    assert dead.get("lost-22").reason == "redelivered"
+    assert data.zcard(s.key("photos", "processing")) == 0  # none left for the sweep
