@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -105,6 +106,9 @@ class FarmCelery(Celery):
         # send_task cannot see a task's ignore_result, so without this the result backend
         # subscribes to every sent task's result channel; the few that want results say so.
         options.setdefault("ignore_result", True)
+        # When it was sent, for the queue-wait histogram and the oldest message's age (metrics):
+        # protocol 2 carries no send time. A retry gets its own.
+        options["headers"] = {**(options.get("headers") or {}), "farm_sent": round(time.time(), 3)}
         if self.strict_arg_bytes is not None:
             from config.messages import check_small_json
 

@@ -165,6 +165,21 @@ class Settings:
     # demo receiver on this machine); empty: only public addresses (the SSRF guard).
     webhook_allow_networks: tuple[str, ...] = ()
 
+    # Seeing the farm. Prometheus: one scrape endpoint per worker node (`farm metrics`, run by
+    # `farm supervise`), fed by every worker process through prometheus-client's multiprocess
+    # files in FARM_STATE_DIR/metrics; loopback unless told otherwise, basic auth when a password
+    # is set (required off loopback). Port 0: no endpoint, no metrics files.
+    metrics_address: str = "127.0.0.1"
+    metrics_port: int = 9808
+    metrics_user: str = "farm"
+    metrics_password: str = _secret()
+    # Sentry: errors reported when a DSN is set, with tokens, keys and message bodies scrubbed.
+    sentry_dsn: str = _secret()
+    sentry_environment: str = "production"
+    # The demo web tier (`farm web`), loopback only.
+    web_address: str = "127.0.0.1"
+    web_port: int = 8808
+
     extra_imports: tuple[str, ...] = ()  # further task modules, comma separated
 
     def __post_init__(self) -> None:

@@ -14,9 +14,13 @@ from celery.signals import (
     worker_shutting_down,
 )
 
-from workers import faults
+from config.settings import get_settings
+from workers import faults, metrics
 
 log = logging.getLogger("farm.worker")
+
+# Prometheus: this node's metrics files and the per-task hooks, before any task runs.
+metrics.connect(get_settings())
 
 
 @worker_ready.connect

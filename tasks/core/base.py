@@ -32,7 +32,7 @@ from celery.utils.saferepr import saferepr
 from config.celery_app import app
 from config.queues import queue_for
 from config.settings import get_settings
-from tasks.core import metrics, timing, validation
+from tasks.core import metrics, prom, timing, validation
 from tasks.core.backoff import retry_delay
 from tasks.core.deadletter import DeadLetter, DeadLetterStore
 from tasks.core.errors import PermanentError, RateLimited, TransientError
@@ -240,6 +240,7 @@ class FarmTask(Task[P, R]):
             size=0 if fits else size or 0,
         )
         DeadLetterStore(data_redis(), get_settings()).record(entry)
+        prom.dead_lettered(self.name, reason)
         log.error("task=%s id=%s deadletter reason=%s attempts=%d error=%s", self.name, req.id,
                   reason, entry.attempts, error)
         if self.on_dead_letter is not None:

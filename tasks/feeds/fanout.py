@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from config.settings import Settings, get_settings
-from tasks.core import timing
+from tasks.core import prom, timing
 from tasks.core.ids import id_time_ms
 from tasks.core.process_local import ProcessLocal
 from tasks.core.scripts import Script
@@ -120,6 +120,7 @@ def write_chunk(photo_id: int, owner_id: int, lo: int, hi: int, active: bool) ->
     chunk = chunk_name(lo, hi, active)
     written = _write_chunk(store, s, photo_id, owner_id, lo, hi, active, chunk)
     ledger.done(store, photo_id, owner_id, chunk)
+    prom.fanout_written(written)
     return written
 
 

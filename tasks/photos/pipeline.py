@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from config.settings import Settings, get_settings
-from tasks.core import publish, timing
+from tasks.core import prom, publish, timing
 from tasks.core.errors import PermanentError
 from tasks.core.redis import data_redis
 from tasks.core.validation import InvalidArgument, valid_photo_id
@@ -106,8 +106,10 @@ def process_photo(photo_id: int, owner_id: int, original_key: str, caption: str 
                 s, reuse_stored=record is not None and not reprocess)
         except (ImageRefused, PermanentError) as exc:
             records.failed(photo_id, str(exc))
+            prom.photo_refused(str(exc))
             raise
     records.ready(photo_id, variants, phases)
+    prom.photo_processed()
     _report_phases(phases)
     if not reprocess:
         start_follow_ons(photo_id, owner_id, caption, share_to)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from config.settings import get_settings
-from tasks.core import metrics, timing
+from tasks.core import metrics, prom, timing
 from tasks.core.errors import PermanentError, TransientError
 from tasks.core.redis import data_redis
 from tasks.core.scripts import Script
@@ -215,6 +215,7 @@ def _count(out: Outcome) -> None:
         metrics.incr(r, s, "push.unknown", out.unknown)
     for reason, n in (Counter(out.retry) + out.failed).items():
         metrics.incr(r, s, f"push.failed.{reason}", n)
+    prom.pushes(out.sent, out.pruned, Counter(out.retry) + out.failed)
     window = max((w for w, _ in out.windows), default=0.0)
     log.info("push: sent=%d skipped=%d pruned=%d retry=%d unknown=%d failed=%s "
              "mark_window_max=%.1fms", out.sent, out.skipped, out.pruned, len(out.retry),

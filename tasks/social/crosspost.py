@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 from config.settings import Settings, get_settings
 from tasks.blobs import BlobNotFound, open_store, photo_key
-from tasks.core import metrics, timing
+from tasks.core import metrics, prom, timing
 from tasks.core.errors import PermanentError, RateLimited, TransientError
 from tasks.core.faults import die_at
 from tasks.core.locks import LockError, holder, try_lock
@@ -221,6 +221,7 @@ def _skip(s: Settings, posts: PostRecords, photo_id: int, owner_id: int, network
 
 
 def _done(s: Settings, out: Outcome) -> Outcome:
+    prom.crosspost(out.network, out.status)
     if out.status == ALREADY:
         metrics.incr(data_redis(s.redis_url), s, f"social.{out.network}.already")
     log.info("social: network=%s photo=%d outcome=%s post_id=%s account=%s%s", out.network,

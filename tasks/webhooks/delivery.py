@@ -48,7 +48,7 @@ from typing import Any, cast
 import redis
 
 from config.settings import Settings, get_settings
-from tasks.core import metrics, publish, timing
+from tasks.core import metrics, prom, publish, timing
 from tasks.core.errors import PermanentError, RateLimited, TransientError
 from tasks.core.process_local import ProcessLocal
 from tasks.core.ratelimit import Limit, RateLimits
@@ -268,6 +268,7 @@ def _failed(r: redis.Redis, s: Settings, sub: Subscription, event: Event, why: s
 
 
 def _tally(out: Outcome, subscription_id: int, result: Result) -> None:
+    prom.webhook_delivery(result.kind)
     if result.kind == "sent":
         out.sent += 1
     elif result.kind == "wait":

@@ -222,9 +222,10 @@ def test_farm_runs_under_supervisord_and_stops_cleanly(
     env = {**os.environ, "FARM_STATE_DIR": str(state), "FARM_CPU_CONCURRENCY": "1",
            "FARM_FEED_CONCURRENCY": "1", "FARM_IO_PROCS": "2", "FARM_IO_THREADS": "2",
            "FARM_BATCH_CONCURRENCY": "1", "FARM_FLOWER_PORT": str(port),
-           "FARM_FLOWER_PASSWORD": password, "FARM_S3_SECRET_ACCESS_KEY": s3_secret}
+           "FARM_FLOWER_PASSWORD": password, "FARM_S3_SECRET_ACCESS_KEY": s3_secret,
+           "FARM_METRICS_PORT": str(free_port())}
     expected = {"workers:cpu", "workers:feed", "workers:io-00", "workers:io-01",
-                "workers:batch", "beat", "flower"}
+                "workers:batch", "beat", "flower", "metrics"}
     out = tmp_path / "supervise.out"
     with open(out, "wb") as log:
         sup = subprocess.Popen([FARM, "supervise"], env=env, cwd=tmp_path, stdout=log,
@@ -255,6 +256,10 @@ def test_farm_runs_under_supervisord_and_stops_cleanly(
         # Its Prometheus metrics too (Flower 2.x leaves /metrics open).
         assert http_get(base + "/metrics")[0] == 401
         assert http_get(base + "/metrics", auth)[0] == 200
+
+        # This node's Prometheus endpoint: every worker's pings, summed from their files.
+        status, body = http_get(f"http://127.0.0.1:{env['FARM_METRICS_PORT']}/metrics")
+        assert status == 200 and b'farm_task_started_total{task="diag.ping"}' in body
 
         # Secrets only where used: no process holds a secret's value in its environment; the
         # workers get the S3 secret's file, Flower its password's, beat and supervisord neither.

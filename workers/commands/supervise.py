@@ -31,6 +31,7 @@ STOP_MARGIN = 30
 
 SECRETS_DIR = "secrets"  # under FARM_STATE_DIR, 0700; one 0600 file per secret set
 FLOWER_SECRETS = frozenset({"flower_password"})  # Flower's own; every other secret is the workers'
+METRICS_SECRETS = frozenset({"metrics_password"})  # the scrape endpoint's own (`farm metrics`)
 UMASK = 0o077  # files supervisord and the farm create: the logs, the beat schedule, blobs
 
 
@@ -68,11 +69,14 @@ def secret_files(s: Settings, state: Path) -> dict[str, tuple[Path, str]]:
             if getattr(s, name)}
 
 
-def program_secrets(files: dict[str, tuple[Path, str]], flower: bool) -> str:
-    """supervisord's ``environment=`` value: the _FILE variables of Flower's secrets or the
-    workers' (quoted: a path may hold a comma)."""
+def program_secrets(files: dict[str, tuple[Path, str]], flower: bool,
+                    metrics: bool = False) -> str:
+    """supervisord's ``environment=`` value: the _FILE variables of Flower's secrets, the
+    metrics endpoint's, or the workers' (every other; quoted: a path may hold a comma)."""
+    own = FLOWER_SECRETS if flower else METRICS_SECRETS if metrics else None
     pairs = [f'{PREFIX}{name.upper()}_FILE="{path}"' for name, (path, _) in files.items()
-             if (name in FLOWER_SECRETS) == flower]
+             if (name in own if own is not None else
+                 name not in FLOWER_SECRETS | METRICS_SECRETS)]
     return ",".join(pairs)
 
 
@@ -112,6 +116,9 @@ def supervise_environ(s: Settings, home: Path) -> dict[str, str]:
         "PHOTOFARM_STOPWAITSECS": str(s.task_time_limit + STOP_MARGIN),
         "PHOTOFARM_WORKER_SECRETS": program_secrets(files, flower=False),
         "PHOTOFARM_FLOWER_SECRETS": program_secrets(files, flower=True),
+        "PHOTOFARM_METRICS_SECRETS": program_secrets(files, flower=False, metrics=True),
+        # FARM_METRICS_PORT=0: the endpoint is off, and supervisord does not start it
+        "PHOTOFARM_METRICS_AUTOSTART": "true" if s.metrics_port else "false",
     })
     return env
 
@@ -140,14 +147,18 @@ def run(args: argparse.Namespace) -> int:
         argv = [program, "-c", str(CONF), *rest[1:]]
     else:
         from workers.checks import check_farm
+        from workers.commands import metrics
         from workers.commands.flower import check_exposure
+        from workers.metrics import clear, metrics_dir
 
         check_exposure(s)  # refuse now, not in a restart loop under supervisord
+        metrics.check_exposure(s)
         check_farm(s)  # APNs apps, CA file, extra imports: what every worker checks at start
         state = Path(env["FARM_STATE_DIR"])
         try:
             private_state(state)
             write_secrets(secret_files(s, state), state)
+            clear(metrics_dir(state))  # files of the last run's processes: counters start over
         except OSError as exc:
             raise SettingsError(f"FARM_STATE_DIR: cannot prepare {state}: "
                                 f"{exc.strerror or exc}") from None
