@@ -11,6 +11,7 @@ import argparse
 from collections.abc import Callable
 
 from config.settings import SettingsError, get_settings
+from workers import sentry
 from workers.logs import hold_wire_loggers
 
 SCHEDULE_FILE = "celerybeat-schedule"
@@ -29,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise SettingsError(f"FARM_STATE_DIR: cannot create {state}: {exc.strerror}") from None
     hold_wire_loggers(s)
+    sentry.init(s, "beat")  # when FARM_SENTRY_DSN is set
     from config.celery_app import app
     from schedules.beat import install
 
