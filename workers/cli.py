@@ -11,7 +11,8 @@ from workers import logs
 
 # Subcommand modules, each with register(subparsers); imported lazily so `farm --help` is quick.
 COMMANDS = ("worker", "ping", "deadletter", "batch", "stats", "supervise", "flower", "beat",
-            "resize", "photo", "feeds", "social", "webhooks", "bench", "demo")
+            "resize", "photo", "feeds", "social", "webhooks", "metrics", "top", "web", "bench",
+            "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

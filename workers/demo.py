@@ -6,7 +6,8 @@ a push, a flaky job that retries, one that is dead-lettered and replayed, both b
 what happened and stops everything it started. Cross-posts go to a local stand-in of X's and
 Facebook's APIs (workers/demo_social.py) through the real tweepy and facebook-sdk, and webhooks
 to a local subscriber that verifies each signature (workers/demo_webhooks.py). ``--serve``
-keeps it running with beat and Flower.
+starts Flower, beat and the demo web tier (workers/web/) before the workload, so the first look
+at them shows the farm at work, and keeps everything running until Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from config.queues import QUEUES
-from config.settings import get_settings, load_settings
+from config.settings import Settings, get_settings, load_settings
 from workers.demo_social import SocialStandIn
 from workers.demo_webhooks import WebhookReceiver
 from workers.embedded_redis import EmbeddedRedis
@@ -117,9 +119,10 @@ def run_demo(serve: bool = False) -> int:
         say(f"starting workers: {', '.join(f'{p} x{n}' for p, n in WORKERS.items())} "
             f"(logs in {logs})")
         with farm_processes(env, logs):
-            ok = push_workload(apis, hooks)
             if serve:
-                ok = serve_until_interrupted(env, logs) and ok
+                ok = serve_until_interrupted(env, logs, apis, hooks)
+            else:
+                ok = push_workload(apis, hooks)
         say("stopped every process the demo started")
     return 0 if ok else 1
 
@@ -283,33 +286,67 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def serve_until_interrupted(env: dict[str, str], logs: Path) -> bool:
-    """Beat and Flower beside the workers, until Ctrl-C."""
+def flower_up(s: Settings) -> bool:
+    """Flower answers (its health check needs no password)."""
+    host = s.flower_address if s.flower_address not in ("", "0.0.0.0", "::") else "127.0.0.1"
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{s.flower_port}/healthcheck"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def say_serving(s: Settings, web_url: str) -> None:
     from workers.commands.flower import PASSWORD_FILE
 
-    s = get_settings()
-    extra = []
-    for name in ("beat", "flower"):
-        with open_private_log(logs / f"{name}.log") as log:
-            extra.append(subprocess.Popen([sys.executable, "-m", "workers.cli", name], env=env,
-                                          stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True))
-    # SIGTERM (a service manager, `kill`) stops the farm as cleanly as Ctrl-C does.
-    signal.signal(signal.SIGTERM, _interrupt)
     where = ("FARM_FLOWER_PASSWORD" if s.flower_password
              else str(s.state_dir / PASSWORD_FILE))
     say(f"\nserving: Flower on http://{s.flower_address}:{s.flower_port} (user "
-        f"{s.flower_user}, password in {where}), beat running. Ctrl-C stops everything.")
+        f"{s.flower_user}, password in {where}), the web tier on {web_url} (upload, follow, "
+        f"feeds: users {FOLLOWERS.start}-{FOLLOWERS.stop - 1} follow users 1-3; pushes and "
+        "cross-posts at /standins), beat running; the workload starts now")
     if (s.state_dir / REDIS_ENV).is_file():
         say(f"farm commands against this demo: FARM_ENV_FILE={s.state_dir / REDIS_ENV} farm stats")
+
+
+def serve_until_interrupted(env: dict[str, str], logs: Path, apis: SocialStandIn,
+                            hooks: WebhookReceiver) -> bool:
+    """Flower, beat and the web tier beside the workers, started before the workload so the
+    first look at Flower and the web tier shows the farm at work; then until Ctrl-C/SIGTERM."""
+    from workers.web.app import StandIns, create_app
+    from workers.web.serve import WebServer
+
+    s = get_settings()
+    # SIGTERM (a service manager, `kill`) stops the farm as cleanly as Ctrl-C does, from now:
+    # during the workload too.
+    signal.signal(signal.SIGTERM, _interrupt)
+    extra: list[subprocess.Popen[bytes]] = []
+    ok = True  # stopped during the workload: a clean stop, nothing failed
     try:
-        while all(p.poll() is None for p in extra):
-            time.sleep(0.5)
-        say("a serve process exited early; see its log in " + str(logs))
-        return False
+        for name in ("beat", "flower"):
+            with open_private_log(logs / f"{name}.log") as log:
+                extra.append(subprocess.Popen([sys.executable, "-m", "workers.cli", name],
+                                              env=env, stdout=log, stderr=subprocess.STDOUT,
+                                              start_new_session=True))
+        with WebServer(create_app(s, StandIns(apis, hooks)), s) as web:
+            if not wait_until(lambda: flower_up(s) or any(p.poll() is not None for p in extra),
+                              timeout=60) or not flower_up(s):
+                say("Flower did not start; see its log in " + str(logs))
+                return False
+            say_serving(s, web.url)
+            ok = push_workload(apis, hooks)
+            say(f"\nstill serving: the web tier on {web.url}, Flower on "
+                f"http://{s.flower_address}:{s.flower_port}. Ctrl-C stops everything.")
+            while all(p.poll() is None for p in extra):
+                time.sleep(0.5)
+            say("a serve process exited early; see its log in " + str(logs))
+            return False
     except KeyboardInterrupt:
-        return True
+        return ok
     finally:
+        # Stopping now: a second SIGTERM must not cut short the stop of what the demo started.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for p in extra:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)

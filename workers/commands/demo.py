@@ -8,7 +8,8 @@ import argparse
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="run the farm end to end on embedded defaults")
     p.add_argument("--serve", action="store_true",
-                   help="keep the farm running with beat and Flower until Ctrl-C")
+                   help="start Flower, beat and the web tier first, then keep everything "
+                        "running until Ctrl-C")
     p.set_defaults(handler=run)
 
 

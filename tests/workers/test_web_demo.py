@@ -1,0 +1,66 @@
+"""`farm demo --serve`: Flower and the web tier are up before the workload starts, so both see
+the farm at work; the web tier shows the demo's feeds and what the stand-ins received."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.http import http_get
+from tests.support.workers import wait_for
+from workers.embedded_redis import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_serve_starts_flower_and_the_web_tier_before_the_workload(tmp_path: Path) -> None:
+    flower_port, web_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    env.update(FARM_STATE_DIR=str(tmp_path), FARM_FLOWER_PORT=str(flower_port),
+               FARM_FLOWER_PASSWORD="demo-pw", FARM_WEB_PORT=str(web_port))
+    log = tmp_path / "serve.out"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "demo", "--serve"],
+                                env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    web = f"http://127.0.0.1:{web_port}"
+    try:
+        def output() -> str:
+            assert proc.poll() is None, log.read_text()
+            return log.read_text()
+
+        wait_for(lambda: "still serving" in output(), timeout=150, interval=0.2,
+                 what="the demo's workload done")
+        text = output()
+        assert text.index("serving: Flower") < text.index("== farm ping")
+        assert f"the web tier on {web}" in text
+        # Flower was listening from the start: it saw the workload's tasks as they ran.
+        status, body = http_get(f"http://127.0.0.1:{flower_port}/api/tasks", "farm:demo-pw")
+        seen = {t["name"] for t in json.loads(body).values()} if status == 200 else set()
+        assert {"photos.process", "feeds.fanout_chunk", "social.crosspost"} <= seen
+        # The web tier reads what the demo made: user 12 follows user 1.
+        status, body = http_get(f"{web}/api/users/12/feed")
+        assert status == 200
+        assert [p["photo_id"] for p in json.loads(body)["feed"]] == ["102", "101"]
+        status, body = http_get(f"{web}/standins")
+        assert status == 200
+        page = body.decode()
+        assert "@demo1" in page and "first light https://photofarm.example/p/101" in page
+        assert "msg_1_101" in page and "verified" in page
+        status, body = http_get(f"{web}/photos/101")
+        assert status == 200 and http_get(f"{web}/api/photos/101")[0] == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = proc.wait(60)
+    text = log.read_text()
+    assert code == 0, text
+    assert time.monotonic() - started < 45
+    assert text.rstrip().endswith("stopped every process the demo started")
+    assert http_get(web + "/")[0] == 0  # the web tier stopped with it
