@@ -15,7 +15,9 @@ CHROMIUM = Path(os.environ.get("PHOTOFARM_CHROMIUM", "/usr/bin/chromium"))
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API runs an event loop in this thread while it
+# is open, and later tests' asyncio.run() (the APNs tests) must not find one running.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     if not CHROMIUM.is_file():
         pytest.skip(f"no chromium at {CHROMIUM}: apt-get install chromium (Debian's package; "

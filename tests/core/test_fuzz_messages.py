@@ -42,7 +42,7 @@ for _module in TASK_MODULES:
 
 RAN = "ran"
 NAMES = sorted(ROUTES)
-FUZZ = settings(max_examples=1200, deadline=None, database=None,
+FUZZ = settings(max_examples=800, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 scalars = (st.none() | st.booleans() | st.integers() | st.integers(-2**64, 2**64)

@@ -1,5 +1,7 @@
 """`farm demo --serve`: Flower and the web tier are up before the workload starts, so both see
-the farm at work; the web tier shows the demo's feeds and what the stand-ins received."""
+the farm at work; the web tier shows the demo's feeds and what the stand-ins received; Flower
+wants its password; the embedded server's password is kept 0600 for an operator's `farm`
+commands and shown nowhere; SIGTERM stops it all. One demo run for all of it (it is slow)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ pytestmark = pytest.mark.integration
 
 def test_demo_serve_starts_flower_and_the_web_tier_before_the_workload(tmp_path: Path) -> None:
     flower_port, web_port = free_port(), free_port()
+    env_file = tmp_path / "demo" / "redis.env"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
     env.update(FARM_STATE_DIR=str(tmp_path), FARM_FLOWER_PORT=str(flower_port),
                FARM_FLOWER_PASSWORD="demo-pw", FARM_WEB_PORT=str(web_port))
@@ -55,6 +58,21 @@ def test_demo_serve_starts_flower_and_the_web_tier_before_the_workload(tmp_path:
         assert "msg_1_101" in page and "verified" in page
         status, body = http_get(f"{web}/photos/101")
         assert status == 200 and http_get(f"{web}/api/photos/101")[0] == 200
+        flower = f"http://127.0.0.1:{flower_port}/api/workers"
+        assert http_get(flower)[0] == 401 and http_get(flower, "farm:wrong")[0] == 401
+        # The embedded server requires a password, kept 0600 where an operator's `farm`
+        # commands find it.
+        assert env_file.stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / "demo").stat().st_mode & 0o777 == 0o700
+        redis_password = env_file.read_text().split("redis://:")[1].split("@")[0]
+        assert len(redis_password) >= 32
+        assert f"FARM_ENV_FILE={env_file} farm stats" in text
+        plain = {k: v for k, v in env.items() if k != "FARM_STATE_DIR"}
+        stats = subprocess.run([sys.executable, "-m", "workers.cli", "stats"], cwd=tmp_path,
+                               env={**plain, "FARM_ENV_FILE": str(env_file)},
+                               capture_output=True, text=True, timeout=60)
+        assert stats.returncode == 0, stats.stderr
+        assert redis_password not in stats.stdout + stats.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
         started = time.monotonic()
@@ -64,3 +82,9 @@ def test_demo_serve_starts_flower_and_the_web_tier_before_the_workload(tmp_path:
     assert time.monotonic() - started < 45
     assert text.rstrip().endswith("stopped every process the demo started")
     assert http_get(web + "/")[0] == 0  # the web tier stopped with it
+    assert "demo-pw" not in text
+    assert not env_file.exists()  # gone with its server
+    # Neither the demo's output nor any log shows the server's password.
+    logs = [log, *(tmp_path / "demo" / "logs").iterdir()]
+    assert [p for p in logs if redis_password in p.read_text(errors="replace")] == []
+    assert {p.stat().st_mode & 0o777 for p in logs[1:]} == {0o600}
