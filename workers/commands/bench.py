@@ -8,7 +8,7 @@ import sys
 
 BENCHMARKS = {"enqueue": "bench.enqueue", "resize": "bench.resize", "fanout": "bench.fanout",
               "push": "bench.push", "fetch": "bench.fetch", "webhooks": "bench.webhooks",
-              "quality": "bench.quality"}
+              "quality": "bench.quality", "farm": "bench.farm"}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 
 from config.queues import check_queues
 from config.settings import get_settings
 from workers import sentry
 from workers.checks import check_worker
 from workers.logs import hold_wire_loggers
-from workers.profiles import PREFORK_POOL, PROFILES, get_profile, worker_argv
+from workers.profiles import PREFORK_POOL, PROFILES, get_profile, start_worker, worker_argv
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,8 +44,5 @@ def run(args: argparse.Namespace) -> int:
     if profile.pool == "prefork":  # the CLI's --pool prefork defers to this setting
         app.conf.worker_pool = PREFORK_POOL
 
-    # celery-types declares worker_main NoReturn; it returns once the worker has shut down.
-    worker_main: Callable[[list[str]], None] = app.worker_main
-    worker_main(worker_argv(profile, s, queues=queues, concurrency=args.concurrency,
-                            node=args.node))
-    return 0
+    return start_worker(app, worker_argv(profile, s, queues=queues, concurrency=args.concurrency,
+                                         node=args.node))
