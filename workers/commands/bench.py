@@ -8,7 +8,8 @@ import sys
 
 BENCHMARKS = {"enqueue": "bench.enqueue", "resize": "bench.resize", "fanout": "bench.fanout",
               "push": "bench.push", "fetch": "bench.fetch", "webhooks": "bench.webhooks",
-              "quality": "bench.quality", "farm": "bench.farm"}
+              "quality": "bench.quality", "farm": "bench.farm",
+              "drain": "bench.drain"}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
