@@ -4,7 +4,6 @@ the farm's tasks, and headless chromium logging in and finding both."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 import redis
 
 from tests.support.http import http_get
-from tests.support.workers import WorkerFactory, wait_for
+from tests.support.workers import WorkerFactory, stop_group, wait_for
 from workers.embedded_redis import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
@@ -35,12 +34,7 @@ def flower(tmp_path: Path) -> Iterator[tuple[str, str]]:
                  timeout=60, interval=0.2, what="Flower serving")
         yield base, password
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
 
 
 def test_flower_shows_the_farms_task_names_and_workers(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -28,3 +31,14 @@ def wait_for(predicate: Callable[[], object], timeout: float = 20.0, interval: f
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def stop_group(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """SIGTERM a process started with ``start_new_session=True``; SIGKILL its whole group if it
+    has not exited within ``timeout``."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -4,7 +4,6 @@ broker's password shown nowhere."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.http import http_get
-from tests.support.workers import wait_for
+from tests.support.workers import stop_group, wait_for
 from workers.embedded_redis import EmbeddedRedis, free_port
 
 pytestmark = pytest.mark.integration
@@ -41,11 +40,6 @@ def test_metrics_need_the_password_and_the_broker_password_is_masked(
         assert status == 200 and f"127.0.0.1:{redis_server.port}".encode() in page
         assert redis_server.password.encode() not in page
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
     text = log.read_bytes()
     assert redis_server.password.encode() not in text and password.encode() not in text
