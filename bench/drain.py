@@ -1,4 +1,6 @@
 """Per-task overhead: no-op tasks drained by the farm beside stock Celery and Dramatiq.
+Long because the three systems' rounds, the Redis command count and the profile share
+one run's set-up and are read together.
 
 Same server, same cores, same run.
 

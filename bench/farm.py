@@ -1,4 +1,6 @@
 """The whole farm, measured: `farm supervise` with its default sizing on its own server.
+Long because one run starts, loads, measures and stops a whole supervised farm, and each
+step needs the process tree the one before built.
 
     python -m bench.farm [--small] [--io-procs N] [--io-threads N]     (or: farm bench farm)
 

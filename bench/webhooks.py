@@ -1,4 +1,5 @@
 """Signed webhook deliveries per second from one process, beside plain unsigned POSTs.
+Long because the signed path, the plain baseline and their receiver run in one alternating loop.
 
     python -m bench.webhooks [--rounds R] [--seconds S]      (or: farm bench webhooks)
 

@@ -1,4 +1,5 @@
 """`farm demo`: the whole farm end to end on one machine, with no configuration.
+Long because it is one story, start to stop, told in the order a newcomer reads it.
 
 Starts an embedded Redis-compatible server (unless FARM_BROKER_URL is set), one real worker
 process per profile, pushes a sample workload through every queue (uploads, follows, a delete,

@@ -1,6 +1,7 @@
 """A local stand-in for X's API v2 and Facebook's Graph API, for the demo and the integration
 tests: the two APIs no one can run locally, reached by the real tweepy and facebook-sdk (the
 farm's FARM_TWITTER_API_URL and FARM_FACEBOOK_GRAPH_URL point at it: :meth:`SocialStandIn.env`).
+Long because both APIs' stand-ins share one server, its auth checks and its record of posts.
 
 One ``ThreadingHTTPServer`` on 127.0.0.1 (a free port) in a daemon thread::
 

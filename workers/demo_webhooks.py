@@ -1,5 +1,6 @@
 """A local webhook receiver, for the demo, the benchmark's set-up and the integration tests: a
 subscriber's endpoint as the Standard Webhooks scheme and Instagram's challenge expect it.
+Long because the receiver's challenge, verification and record are one endpoint's behaviour.
 
 One ``ThreadingHTTPServer`` (HTTP/1.1, keep-alive) on 127.0.0.1, a free port, in a daemon
 thread::

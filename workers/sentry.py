@@ -1,4 +1,5 @@
 """Errors reported to Sentry when FARM_SENTRY_DSN is set, with nothing secret in them.
+Long because set-up, tags, scrubbing and de-duplication must agree on what an event may carry.
 
 ``init`` is called by `farm worker` and `farm beat` before Celery starts. sentry-sdk's Celery
 integration hooks Celery itself (the tracer each task runs under, the pool's work loop, which it

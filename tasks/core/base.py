@@ -1,4 +1,6 @@
 """The one decorator every farm task goes through (warehouse's habit).
+Long because every rule of a task's life (check, retry, cap, dead letter, report) meets in
+FarmTask.__call__.
 
 It adds, around a plain function:
 - the argument check at the task's entry (tasks/core/validation.py, the same the enqueue API

@@ -1,4 +1,5 @@
 """Make the JPEG variants the apps show from one uploaded original, with Pillow.
+Long because the order of its steps is the speed and the strictness: split, they would hide it.
 
 Plain functions over bytes: no broker, no storage, so `farm resize`, the task and the benchmark
 run exactly the same code. The order of work is chosen for speed without giving up correctness:

@@ -1,5 +1,6 @@
 """webhooks.deliver and webhooks.replay's work: a new photo to every subscriber it matches, and a
 subscriber's missed events again.
+Long because deliver and replay share the event log, the signing and the pause bookkeeping.
 
 For each subscription the photo matches (its owner's, or a hashtag of its caption):
 

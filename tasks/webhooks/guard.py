@@ -1,5 +1,6 @@
 """The SSRF-guarded HTTP/1.1 client every request to a subscriber goes through (the challenge at
 subscription time and every delivery), on the stdlib's http.client.
+Long because the check and the connect must be one step (no DNS rebinding between them).
 
 A callback URL is whatever a subscriber typed, so it may name the farm's own network: Redis on
 10.0.0.5, the cloud metadata service on 169.254.169.254, an admin port on 127.0.0.1. So:

@@ -1,4 +1,5 @@
 """Real-time subscriptions, in the data Redis: who is told about which new photos, and where.
+Long because add, challenge, match, pause and rotate all keep one record's invariants.
 
 A subscription is to a user's new photos (object ``user``, id: the user id) or to a hashtag in
 captions (object ``tag``, id: the tag without '#', lowercased, ``[a-z0-9_]{1,100}``), with a
