@@ -17,8 +17,13 @@ LAST_LINE = re.compile(r"farm / baseline: idle PSS [\d.]+, under load [\d.]+")
 
 
 def test_tree_and_pss_follow_a_process_and_its_children() -> None:
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    # The child says it is up once its interpreter is loaded: measured before that, a fresh
+    # fork is a few hundred KiB of PSS.
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(30)"],
+        stdout=subprocess.PIPE, text=True)
     try:
+        assert child.stdout is not None and child.stdout.readline() == "up\n"
         found = farm.tree(os.getpid())
         assert os.getpid() in found and child.pid in found
         assert farm.pss([child.pid]) > 1024 * 1024  # an interpreter is megabytes
