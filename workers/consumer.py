@@ -42,6 +42,7 @@ from tasks.core.deadletter import DeadLetter, DeadLetterStore, adopt_unparsable
 from tasks.core.redis import data_redis
 from tasks.core.text import clip, printable, safe
 from tasks.core.validation import MAX_MESSAGE_BYTES
+from workers.event_batching import BatchedEvents
 
 log = logging.getLogger("farm.consumer")
 
@@ -64,7 +65,7 @@ class BadMessage(Exception):
         self.reason, self.error, self.task = reason, error, task
 
 
-class FarmConsumer(Consumer):
+class FarmConsumer(BatchedEvents, Consumer):
     connection_errors: tuple[type[BaseException], ...]  # Celery's; not in celery-types' stubs
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -74,6 +75,10 @@ class FarmConsumer(Consumer):
         # What reliable fetch set aside never reaches a handler here: moved into the store on a
         # timer (and by `farm stats`/`farm deadletter`), so it is counted and listed all the same.
         self.timer.call_repeatedly(UNPARSABLE_SWEEP, self._adopt_unparsable)
+
+    def shutdown(self) -> None:
+        self.flush_buffered_events()
+        super().shutdown()
 
     # -- Celery's handlers for what it cannot run --------------------------------------------
 

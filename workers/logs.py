@@ -10,6 +10,11 @@
   processes that set logging up at FARM_LOG_LEVEL): botocore at DEBUG writes each S3 request's
   Authorization header (key id and signature), urllib3 every URL, tweepy and oauthlib the X
   credentials; FARM_LOG_LEVEL=DEBUG does not reach them unless FARM_WIRE_LOG=1 asks.
+- Celery's INFO line per finished task ("Task x[id] succeeded in 0.01s: None", and "retry:")
+  dropped (``drop_celery_task_lines``, by `farm worker`): the farm's own line
+  (tasks/core/base.py) says it with the task's phases, and a second record per task was a
+  measurable part of a short task's cost (`farm bench drain`). Failures are logged at ERROR
+  and stay; FARM_LOG_LEVEL=DEBUG keeps all.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ from tasks.core.text import printable
 # request headers, oauthlib the OAuth signature base string, hpack/httpx/httpcore raw headers.
 WIRE_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "tweepy", "requests_oauthlib",
                 "oauthlib", "hpack", "httpx", "httpcore")
+
+# Celery's per-task success and retry lines (celery/app/trace.py); its errors are at ERROR.
+TRACE_LOGGER = "celery.app.trace"
 
 # Traceback lines that come from the interpreter and source files, not from an exception's
 # message: kept multi-line. Everything else in a traceback (the "Error: message" part, notes)
@@ -48,6 +56,13 @@ def hold_wire_loggers(s: Settings) -> None:
     level = max(logging.INFO, logging.getLevelName(s.log_level.upper()))
     for name in WIRE_LOGGERS:
         logging.getLogger(name).setLevel(level)
+
+
+def drop_celery_task_lines(s: Settings) -> None:
+    """Celery's per-task success and retry lines off, unless FARM_LOG_LEVEL is DEBUG."""
+    level = logging.getLevelName(s.log_level.upper())
+    if level > logging.DEBUG:
+        logging.getLogger(TRACE_LOGGER).setLevel(max(logging.WARNING, level))
 
 
 def escape_records() -> None:

@@ -15,6 +15,7 @@ from celery.signals import (
 )
 
 from config.settings import get_settings
+from tasks.core.base import task_tally
 from workers import faults, metrics
 
 log = logging.getLogger("farm.worker")
@@ -43,6 +44,7 @@ def _shutting_down(sig: str = "", how: str = "", **_: Any) -> None:
 @worker_shutdown.connect  # the main process: thread pools run their tasks here
 @worker_process_shutdown.connect  # a prefork child
 def _close_connections(**_: Any) -> None:
+    task_tally.flush()  # the counts of its last quarter second
     # Say GOAWAY to APNs rather than vanish: Apple may treat abrupt disconnects as abuse.
     # Only if this process ever pushed: no import (and no event loop) for nothing.
     client = sys.modules.get("tasks.push.apns.client")  # a prefork child's per-process state is

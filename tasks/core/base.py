@@ -11,7 +11,8 @@ It adds, around a plain function:
 - a cap on redeliveries: a message whose process died under it ``max_deliveries`` times is
   dead-lettered instead of taking down another worker;
 - the dead-letter record for every task that fails for good;
-- one timing line per task with its phases, and counters in the data Redis;
+- one timing line per task with its phases, and counters in the data Redis (written in
+  batches, tasks/core/metrics.py);
 - a cap on what one message can make the farm write: an error that quotes a huge argument is cut
   (in place, so Celery's log lines, task events and Flower get the short one too), and arguments
   over the message limit are kept in the dead letter as their start and size only.
@@ -43,6 +44,10 @@ from tasks.core.redis import data_redis
 from tasks.core.text import clip, safe
 
 log = logging.getLogger("farm.task")
+
+# This process's task counters, written every metrics.FLUSH_SECONDS (not one round trip a task);
+# workers/signals.py flushes it as a worker process shuts down.
+task_tally = metrics.Tally(lambda: data_redis(), get_settings)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -207,8 +212,18 @@ class FarmTask(Task[P, R]):
         return "error"
 
     def _count_delivery(self) -> int:
+        """How many times this message has started, this time included.
+
+        A first delivery costs nothing: only a message kombu restored (its worker died under it,
+        it outlived the visibility timeout, a requeue, a warm shutdown's unstarted prefetch)
+        carries the redelivered mark (kombu sets it in both delivery_info and headers), and only
+        those are counted in the data Redis, one round trip each. The one unmarked start is
+        added without being stored. A message restored before it ever started is counted one
+        start too many, once: the cap may come one crash early for it, never late."""
         req = self.request
         if req.is_eager:
+            return 1
+        if not ((req.delivery_info or {}).get("redelivered") or getattr(req, "redelivered", False)):
             return 1
         s = get_settings()
         key = s.key("deliveries", req.id, req.retries)
@@ -217,7 +232,7 @@ class FarmTask(Task[P, R]):
         # Redeliveries come a visibility timeout apart; keep the count for all of them.
         pipe.expire(key, s.visibility_timeout * (s.max_deliveries + 2))
         count, _ = pipe.execute()
-        return int(count)
+        return int(count) + 1
 
     def _dead_letter(self, reason: str, error: str, tb: str) -> None:
         req = self.request
@@ -263,7 +278,10 @@ class FarmTask(Task[P, R]):
         req = self.request
         log.info("task=%s id=%s status=%s attempt=%d total=%.0fms %s", self.name, req.id,
                  outcome, req.retries + 1, total_ms, timing.format_phases(phases))
-        try:
+        if not req.is_eager:
+            task_tally.add(self.name, outcome, total_ms)
+            return
+        try:  # eager (unit tests): written at once, no worker process runs on to flush it
             pipe = data_redis().pipeline(transaction=False)
             metrics.record(pipe, get_settings(), self.name, outcome, total_ms)
             pipe.execute()

@@ -21,7 +21,10 @@ def ping(sent_at: float) -> dict[str, float | int | str]:
 
 @farm_task("diag.sleep", max_retries=0)
 def sleep(seconds: float, marker: str = "") -> None:
-    """Hold a worker for a while; records its finish time under ``marker`` if given."""
+    """Hold a worker for a while; with a ``marker``, records each start under
+    ``diag:<marker>:started`` and the finish time under ``diag:<marker>``."""
+    if marker:
+        data_redis().rpush(get_settings().key("diag", marker, "started"), f"{time.time():.6f}")
     with timing.phase("sleep"):
         time.sleep(seconds)
     if marker:

@@ -21,6 +21,10 @@ def finished(data: redis.Redis, marker: str) -> list[float]:
     return [float(t) for t in data.lrange(f"farm:diag:{marker}", 0, -1)]
 
 
+def started(data: redis.Redis, marker: str) -> int:
+    return int(data.llen(f"farm:diag:{marker}:started"))
+
+
 def test_a_batch_flood_does_not_delay_a_users_post(
         data: redis.Redis, workers: WorkerFactory) -> None:
     from config.settings import get_settings
@@ -50,13 +54,14 @@ def test_sigkilled_worker_task_is_redelivered_and_completes(
         data: redis.Redis, workers: WorkerFactory) -> None:
     first = workers("batch", env=FAST_REDELIVERY, node="doomed")
     task_id = app.send_task("diag.sleep", args=[1.5, "survivor"]).id
-    wait_for(lambda: data.exists(f"farm:deliveries:{task_id}:0"), what="the task to start")
+    wait_for(lambda: started(data, "survivor"), what="the task to start")
     first.kill()  # the whole process group, mid-task: nothing is acked
     assert finished(data, "survivor") == []
 
     workers("batch", env=FAST_REDELIVERY, node="rescuer")
     wait_for(lambda: finished(data, "survivor"), timeout=30, what="redelivery")
-    assert data.get(f"farm:deliveries:{task_id}:0") == "2"
+    assert started(data, "survivor") == 2
+    assert data.get(f"farm:deliveries:{task_id}:0") == "1"  # the restored start, counted
     time.sleep(1.0)
     assert len(finished(data, "survivor")) == 1  # ran to completion exactly once
 
@@ -80,19 +85,20 @@ def test_a_worker_killed_holding_the_sweep_lock_stalls_redelivery_only_briefly(
     expiry = sweep_lock_expiry(broker)
     assert expiry <= 5, "kombu's 300 s default would stall redelivery for five minutes"
     task_id = app.send_task("diag.sleep", args=[1.0, "after-stale-lock"]).id
-    wait_for(lambda: data.exists(f"farm:deliveries:{task_id}:0"), what="the task to start")
+    wait_for(lambda: started(data, "after-stale-lock"), what="the task to start")
     first.kill()
     # What the dead worker would leave had it died mid-sweep: the lock, held for its expiry.
     broker.set("unacked_mutex", "dead-sweeper", px=int(expiry * 1000))
     workers("batch", env=FAST_REDELIVERY, node="rescuer")
     wait_for(lambda: finished(data, "after-stale-lock"), timeout=30, what="redelivery")
-    assert data.get(f"farm:deliveries:{task_id}:0") == "2"
+    assert started(data, "after-stale-lock") == 2
+    assert data.get(f"farm:deliveries:{task_id}:0") == "1"
 
 
 def test_sigterm_is_a_warm_shutdown(data: redis.Redis, workers: WorkerFactory) -> None:
     w = workers("batch")
-    task_id = app.send_task("diag.sleep", args=[1.5, "warm"]).id
-    wait_for(lambda: data.exists(f"farm:deliveries:{task_id}:0"), what="the task to start")
+    app.send_task("diag.sleep", args=[1.5, "warm"])
+    wait_for(lambda: started(data, "warm"), what="the task to start")
     assert w.terminate(timeout=20) == 0
     assert len(finished(data, "warm")) == 1, "the running task finished before the exit"
     assert "Warm shutdown" in w.log()

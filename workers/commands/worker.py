@@ -9,7 +9,7 @@ from config.queues import check_queues
 from config.settings import get_settings
 from workers import sentry
 from workers.checks import check_worker
-from workers.logs import hold_wire_loggers
+from workers.logs import drop_celery_task_lines, hold_wire_loggers
 from workers.profiles import PREFORK_POOL, PROFILES, get_profile, start_worker, worker_argv
 
 
@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     s = get_settings()  # validates the environment before Celery starts
     check_worker(s, queues or profile.queues)  # and the files it names (APNs keys)
     hold_wire_loggers(s)  # before the worker logs at FARM_LOG_LEVEL (and forks children)
+    drop_celery_task_lines(s)
     sentry.init(s, f"worker {profile.name}")  # when FARM_SENTRY_DSN is set; before any fork
     from config.celery_app import app
     from workers import signals  # noqa: F401  (connects the worker hooks)
