@@ -93,6 +93,9 @@ class Settings:
     io_threads: int = 32
     batch_concurrency: int = 64
     max_tasks_per_child: int = 1000
+    # Seconds a worker's task events wait to share one PUBLISH with others (Flower and `farm top`
+    # see them that much later; workers/event_batching.py). Larger: fewer round trips.
+    event_flush_seconds: float = 0.1
 
     flower_address: str = "127.0.0.1"
     flower_port: int = 5555
@@ -296,6 +299,8 @@ def _validate(s: Settings) -> None:
     _check(list(s.photo_squares) == sorted(s.photo_squares, reverse=True), "photo_squares",
            "must be listed largest first")
     _check(s.feed_active_days > 0, "feed_active_days", "must be positive")
+    _check(0 < s.event_flush_seconds <= 60, "event_flush_seconds",
+           "must be more than 0 and at most 60 seconds")
     _check(s.apns_timeout > 0, "apns_timeout", "must be positive")
     _check(1500 <= s.apns_token_refresh <= 3000, "apns_token_refresh",
            "must be between 1500 and 3000 seconds (Apple: re-sign every 20-60 minutes)")
