@@ -15,8 +15,8 @@ last one acknowledged, then stops the worker. Rounds rotate the order so a drift
 hits all three; medians and ranges are printed.
 
 - farm: ``farm worker --profile batch --concurrency C``, exactly as deployed: reliable fetch,
-  acks late, prefetch 1, task events, the task base (delivery counter, argument check, metrics,
-  timing line at INFO), Prometheus hooks.
+  acks late, prefetch 1, task events (batched, workers/event_batching.py), the task base
+  (argument check, timing line at INFO, counters batched per process), Prometheus hooks.
 - celery: a plain Celery 5 app with Celery's default settings (bench/drain_celery.py), prefork,
   ``-c C``.
 - dramatiq: Dramatiq's Redis broker, default middleware (bench/drain_dramatiq.py),
@@ -278,18 +278,24 @@ def _short(path: str) -> str:
 
 # Phases of one farm task, as functions whose cumulative time covers each (the largest match).
 PHASES: tuple[tuple[str, Callable[[str, str], bool]], ...] = (
-    ("fetch (reliable_fetch.lua, BLMOVE)", lambda p, n: p == "config/reliable_redis.py"
-     and n in ("_brpop_start", "_brpop_read", "_get")),
-    ("task base (FarmTask.__call__)", lambda p, n: p == "tasks/core/base.py"
+    ("fetch script sent (reliable_fetch.lua)", lambda p, n: p == "config/reliable_redis.py"
+     and n in ("_brpop_start", "_get")),
+    ("delivered (in a solo worker: the whole task)", lambda p, n: p == "config/reliable_redis.py"
+     and n == "_deliver_raw"),
+    ("  screening (workers/consumer.py)", lambda p, n: p == "workers/consumer.py"
+     and n == "screen"),
+    ("  task base (FarmTask.__call__)", lambda p, n: p == "tasks/core/base.py"
      and n == "__call__"),
-    ("  delivery counter", lambda p, n: p == "tasks/core/base.py" and n == "_count_delivery"),
-    ("  argument check", lambda p, n: p == "tasks/core/validation.py" and n == "check"),
-    ("  timing line + metrics hash", lambda p, n: p == "tasks/core/base.py" and n == "_report"),
-    ("Prometheus hooks", lambda p, n: p == "workers/metrics.py"
+    ("    delivery counter (restored only)", lambda p, n: p == "tasks/core/base.py"
+     and n == "_count_delivery"),
+    ("    argument check", lambda p, n: p == "tasks/core/validation.py" and n == "check"),
+    ("    timing line + counters", lambda p, n: p == "tasks/core/base.py" and n == "_report"),
+    ("  Prometheus hooks", lambda p, n: p == "workers/metrics.py"
      and n in ("_on_prerun", "_on_postrun")),
-    ("task events (received/started/succeeded)", lambda p, n: p.startswith("celery/events/")
-     and n == "send"),
-    ("ack", lambda p, n: p.startswith("kombu/") and n == "basic_ack"),
+    ("  task events buffered", lambda p, n: p.startswith("celery/events/") and n == "send"),
+    ("  ack", lambda p, n: p.startswith("kombu/") and n == "basic_ack"),
+    ("task events sent (batched flush)", lambda p, n: p.startswith("celery/events/")
+     and n == "flush"),
     ("logging (all records)", lambda p, n: p.endswith("logging/__init__.py")
      and n == "callHandlers"),
 )

@@ -37,7 +37,7 @@ from celery.worker.consumer.consumer import Consumer
 from kombu.exceptions import ContentDisallowed
 
 from config.settings import get_settings
-from tasks.core import metrics
+from tasks.core import metrics, prom
 from tasks.core.deadletter import DeadLetter, DeadLetterStore, adopt_unparsable
 from tasks.core.redis import data_redis
 from tasks.core.text import clip, printable, safe
@@ -134,6 +134,7 @@ class FarmConsumer(BatchedEvents, Consumer):
             r = data_redis()
             DeadLetterStore(r, s).record(entry)
             metrics.incr(r, s, "messages." + bad.reason.replace(" ", "_"))
+            prom.message_dead_lettered(bad.reason)
         except Exception as exc:  # the message is dropped as Celery would, with this line
             log.warning("message dead letter not recorded (reason=%s): %s", bad.reason,
                         safe(str(exc), 300))
@@ -148,6 +149,7 @@ class FarmConsumer(BatchedEvents, Consumer):
                 self._broker = redis.Redis.from_url(s.broker_url, socket_timeout=5)
             moved = adopt_unparsable(self._broker, DeadLetterStore(data_redis(), s))
             if moved:  # counted under messages.undecodable by adopt_unparsable
+                prom.message_dead_lettered("undecodable", moved)
                 log.error("message deadletter reason=undecodable count=%d: not kombu messages, "
                           "set aside by reliable fetch", moved)
         except Exception as exc:  # tried again at the next sweep

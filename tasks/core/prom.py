@@ -28,6 +28,9 @@ WAIT_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 
 
 # Why the task base dead-lettered a task (tasks/core/base.py).
 DEADLETTER_REASONS = frozenset({"redelivered", "exhausted", "permanent", "error"})
+# Messages the consumer could not make a task run of (workers/consumer.py), dead-lettered before
+# any task: no task label (their task names are the sender's, unbounded).
+MESSAGE_REASONS = frozenset({"undecodable", "bad_protocol", "unknown_task", "too_large"})
 # Why an upload was refused, from the start of ImageRefused's one line (tasks/photos/imaging.py).
 REFUSAL_PATTERNS = (
     ("empty", re.compile(r"empty file")),
@@ -60,6 +63,7 @@ class Metrics:
     retried: Counter
     failed: Counter
     dead_lettered: Counter
+    messages_dead_lettered: Counter
     runtime: Histogram
     queue_wait: Histogram
     photos_processed: Counter
@@ -96,6 +100,8 @@ def _zeroes(m: Metrics) -> None:
             m.crossposts.labels(network, outcome)
     for outcome in WEBHOOK_OUTCOMES:
         m.webhook_deliveries.labels(outcome)
+    for reason in MESSAGE_REASONS:
+        m.messages_dead_lettered.labels(reason)
 
 
 def _build() -> Metrics:
@@ -114,6 +120,9 @@ def _build() -> Metrics:
                        registry=reg),
         dead_lettered=Counter("farm_task_dead_lettered", "Tasks written to the dead-letter "
                               "store, per task and reason", ("task", "reason"), registry=reg),
+        messages_dead_lettered=Counter("farm_messages_dead_lettered", "Messages no task could "
+                                       "be run from (undecodable, bad protocol, unknown task, "
+                                       "too large), per reason", ("reason",), registry=reg),
         runtime=Histogram("farm_task_runtime_seconds", "Task run time", task,
                           buckets=RUNTIME_BUCKETS, registry=reg),
         queue_wait=Histogram("farm_task_queue_wait_seconds", "Time from the message's send "
@@ -145,6 +154,12 @@ def _bounded(value: str, allowed: frozenset[str]) -> str:
 
 def dead_lettered(task: str, reason: str) -> None:
     metrics().dead_lettered.labels(task, _bounded(reason, DEADLETTER_REASONS)).inc()
+
+
+def message_dead_lettered(reason: str, n: int = 1) -> None:
+    """A message the consumer set aside (``reason`` as in its dead letter: "bad protocol"...)."""
+    metrics().messages_dead_lettered.labels(
+        _bounded(reason.replace(" ", "_"), MESSAGE_REASONS)).inc(n)
 
 
 # -- the domains' counters (one call each, where the outcome is known) ---------------------------

@@ -43,10 +43,14 @@ def test_free_text_from_outside_never_becomes_a_label() -> None:
     assert value("farm_webhook_deliveries_total", outcome="other") >= 1
     prom.dead_lettered("diag.flaky", "because")
     assert value("farm_task_dead_lettered_total", task="diag.flaky", reason="other") >= 1
+    prom.message_dead_lettered("bad protocol")
+    assert value("farm_messages_dead_lettered_total", reason="bad_protocol") >= 1
+    prom.message_dead_lettered("<script>")
+    assert value("farm_messages_dead_lettered_total", reason="other") >= 1
     # Every label value ever seen is from the fixed sets (or "other").
     allowed = (prom.REFUSAL_REASONS | prom.PUSH_REASONS | prom.CROSSPOST_NETWORKS
                | prom.CROSSPOST_OUTCOMES | prom.WEBHOOK_OUTCOMES | prom.DEADLETTER_REASONS
-               | {"other"})
+               | prom.MESSAGE_REASONS | {"other"})
     for family in prom.metrics().registry.collect():
         for sample in family.samples:
             for label, seen in sample.labels.items():

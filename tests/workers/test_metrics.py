@@ -322,8 +322,9 @@ def test_a_real_worker_scraped_through_farm_metrics(
     flaky("m-ok", 0)
     flaky("m-retry", 1)
     flaky("m-dead", 1, mode="permanent")
+    app.send_task("no.such.task", queue="maintenance")  # a deploy's new task, old workers
     before = scrape(base, auth)
-    assert sample(before, "farm_queue_depth", queue="maintenance") == 3
+    assert sample(before, "farm_queue_depth", queue="maintenance") == 4
     assert (sample(before, "farm_queue_oldest_age_seconds", queue="maintenance") or 0) > 0
     assert sample(before, "farm_task_started_total", task="diag.flaky") is None  # nothing ran
 
@@ -333,7 +334,8 @@ def test_a_real_worker_scraped_through_farm_metrics(
     def settled() -> Samples | None:
         now = scrape(base, auth)
         done = (sample(now, "farm_task_succeeded_total", **task) == 2
-                and sample(now, "farm_task_failed_total", **task) == 1)
+                and sample(now, "farm_task_failed_total", **task) == 1
+                and sample(now, "farm_messages_dead_lettered_total", reason="unknown_task") == 1)
         return now if done else None
 
     after = wait_for(settled, timeout=30, interval=0.2, what="the three tasks counted")
@@ -347,7 +349,8 @@ def test_a_real_worker_scraped_through_farm_metrics(
     # The three sent before the worker started waited for it; the retry waited 0.2 s or more.
     assert (sample(after, "farm_task_queue_wait_seconds_sum", **task) or 0) > 0.2
     assert sample(after, "farm_queue_depth", queue="maintenance") == 0
-    assert sample(after, "farm_deadletters") == 1
+    assert sample(after, "farm_deadletters") == 2  # m-dead, and the unknown task's message
+    assert sample(after, "farm_messages_dead_lettered_total", reason="too_large") == 0
     assert sample(after, "farm_broker_up") == 1
     # The worker's unused domain counters are there at 0, summed from its processes' files.
     assert sample(after, "farm_photos_refused_total", reason="corrupt") == 0
