@@ -5,8 +5,9 @@ Starts an embedded Redis-compatible server (unless FARM_BROKER_URL is set), one 
 process per profile, pushes a sample workload through every queue (uploads, follows, a delete,
 a push, a flaky job that retries, one that is dead-lettered and replayed, both batch jobs), prints
 what happened and stops everything it started. Cross-posts go to a local stand-in of X's and
-Facebook's APIs (workers/demo_social.py) through the real tweepy and facebook-sdk, and webhooks
-to a local subscriber that verifies each signature (workers/demo_webhooks.py). ``--serve``
+Facebook's APIs (workers/demo_social.py) through the real tweepy and facebook-sdk, webhooks
+to a local subscriber that verifies each signature (workers/demo_webhooks.py), and pushes to
+a local APNs stand-in over HTTP/2 and TLS (workers/demo_apns.py). ``--serve``
 starts Flower, beat and the demo web tier (workers/web/) before the workload, so the first look
 at them shows the farm at work, and keeps everything running until Ctrl-C or SIGTERM.
 """
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from config.queues import QUEUES
 from config.settings import Settings, get_settings, load_settings
+from workers.demo_apns import ApnsStandIn, device_token
 from workers.demo_social import SocialStandIn
 from workers.demo_webhooks import WebhookReceiver
 from workers.embedded_redis import EmbeddedRedis
@@ -43,6 +45,7 @@ UPLOADS = [  # photo id, owner, original's key (see workers/demo_photos.py), cap
 ]
 BROKEN_UPLOAD = (106, 3, "originals/106.jpg")  # truncated: refused, recorded, dead-lettered
 FOLLOWERS = range(10, 40)
+DEVICE_USERS = (1, 2, 3)  # one iPhone each, registered with the APNs stand-in's app
 
 
 def say(line: str = "") -> None:
@@ -108,12 +111,14 @@ def run_demo(serve: bool = False) -> int:
     logs.mkdir(mode=0o700, parents=True, exist_ok=True)
     for d in (state, logs):
         d.chmod(0o700)
-    with redis_for_demo(state) as redis_env, SocialStandIn() as apis, WebhookReceiver() as hooks:
-        # The stand-ins always: the demo never posts to the real X or Facebook. The webhook
-        # subscriber is on this machine, which the SSRF guard refuses unless allowed.
+    with redis_for_demo(state) as redis_env, SocialStandIn() as apis, \
+            WebhookReceiver() as hooks, ApnsStandIn(state / "apns") as apns:
+        # The stand-ins always: the demo never posts to the real X or Facebook, nor pushes
+        # through Apple. The webhook subscriber is on this machine, which the SSRF guard refuses
+        # unless allowed.
         env = {"FARM_STORAGE_URL": f"file://{(state / 'blobs').resolve()}", **os.environ,
                **DEMO_ENV, **redis_env, "FARM_STATE_DIR": str(state), **apis.env(),
-               "FARM_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8"}
+               **apns.env(), "FARM_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8"}
         os.environ.update({k: v for k, v in env.items() if k.startswith("FARM_")})
         load_settings()  # a configuration error stops here, with the variable named
         get_settings.cache_clear()  # `farm` read them before the demo's values were set
@@ -121,16 +126,18 @@ def run_demo(serve: bool = False) -> int:
             f"(logs in {logs})")
         with farm_processes(env, logs):
             if serve:
-                ok = serve_until_interrupted(env, logs, apis, hooks)
+                ok = serve_until_interrupted(env, logs, apis, hooks, apns)
             else:
-                ok = push_workload(apis, hooks)
+                ok = push_workload(apis, hooks, apns)
         say("stopped every process the demo started")
     return 0 if ok else 1
 
 
-def link_and_subscribe(apis: SocialStandIn, hooks: WebhookReceiver) -> None:
-    """What users did in the web tier before posting: linked accounts, subscribed endpoints."""
+def link_and_subscribe(apis: SocialStandIn, hooks: WebhookReceiver, apns: ApnsStandIn) -> None:
+    """What users did in the web tier before posting: linked accounts, subscribed endpoints,
+    registered their phones for pushes."""
     from tasks.core.redis import data_redis
+    from tasks.push.devices import DeviceRegistry
     from tasks.social.accounts import LinkedAccounts
     from tasks.webhooks.subscriptions import Subscriptions
 
@@ -146,9 +153,14 @@ def link_and_subscribe(apis: SocialStandIn, hooks: WebhookReceiver) -> None:
         hooks.secrets[path] = secret
         say(f"  subscription {sub.id}: new photos of {obj} {oid} -> {hooks.url(path)} "
             "(challenge answered)")
+    devices = DeviceRegistry(data_redis(), s)
+    for user in DEVICE_USERS:
+        devices.register(user, apns.bundle_id, device_token(user))
+    say(f"  users {', '.join(map(str, DEVICE_USERS))} registered a device each for "
+        f"{apns.bundle_id} (pushes go to the APNs stand-in at {apns.endpoint})")
 
 
-def push_workload(apis: SocialStandIn, hooks: WebhookReceiver) -> bool:
+def push_workload(apis: SocialStandIn, hooks: WebhookReceiver, apns: ApnsStandIn) -> bool:
     from config.celery_app import app
     from tasks import enqueue
     from tasks.blobs import open_store
@@ -172,8 +184,8 @@ def push_workload(apis: SocialStandIn, hooks: WebhookReceiver) -> bool:
         say(f"  {q:<15} {'no answer' if rtt is None else f'{rtt * 1000:7.1f} ms'}")
 
     before = collect(s)["tasks"]
-    say("\n== the web tier links accounts and takes real-time subscriptions")
-    link_and_subscribe(apis, hooks)
+    say("\n== the web tier links accounts, takes real-time subscriptions and registers devices")
+    link_and_subscribe(apis, hooks, apns)
     say(f"\n== the web tier stores {len(UPLOADS) + 1} originals in {s.storage_url} and enqueues "
         "(ids and keys only)")
     feeds = feed_store(s)
@@ -194,7 +206,7 @@ def push_workload(apis: SocialStandIn, hooks: WebhookReceiver) -> bool:
     feeds.unfollow(10, 2)
     enqueue.user_unfollowed(10, 2)
     enqueue.photo_deleted(104, 3)
-    enqueue.notify_users([1, 2, 3], "Your photo has a new like", badge=1)
+    enqueue.notify_users(list(DEVICE_USERS), "Your photo has a new like", badge=1)
     say("  user_followed, user_unfollowed, photo_deleted (batch queue), notify_users")
     try:
         enqueue.photo_uploaded(0, 1, "../secret")
@@ -228,7 +240,10 @@ def push_workload(apis: SocialStandIn, hooks: WebhookReceiver) -> bool:
         return (all(c.get(t, {}).get("ok", 0) >= n for t, n in expected.items())
                 and len(apis.tweets()) >= 2 and len(apis.page_photos()) >= 2
                 and len(hooks.received()) >= 3
+                and sum(p.ok for p in apns.received()) >= len(DEVICE_USERS)
                 and dead.get(doomed) is not None and dead.get(broken) is not None
+                and all(c.get(t, {}).get("deadletter", 0) >= 1
+                        for t in ("photos.process", "diag.flaky"))  # counted, not just done
                 and bool(r.get(s.key("diag", transient, "done"))))
 
     finished = wait_until(all_done, timeout=60)
@@ -239,7 +254,9 @@ def push_workload(apis: SocialStandIn, hooks: WebhookReceiver) -> bool:
     if dead.get(doomed):
         new_id = dead.replay(doomed, app.send_task)
         say(f"  replayed {doomed} as {new_id}")
-        replayed = wait_until(lambda: bool(r.get(s.key("diag", permanent, "done"))), 30)
+        # Done, and counted: workers write their counters a moment after the work (metrics.Tally).
+        replayed = wait_until(lambda: bool(r.get(s.key("diag", permanent, "done")))
+                              and counts().get("diag.flaky", {}).get("ok", 0) >= 2, 30)
         say(f"  replay {'succeeded' if replayed else 'did NOT succeed'}")
         finished = finished and replayed
 
@@ -253,6 +270,12 @@ def push_workload(apis: SocialStandIn, hooks: WebhookReceiver) -> bool:
         say(f"  {hook.path}: {hook.webhook_id}  signature "
             f"{'verified' if hook.verified else 'NOT verified: ' + hook.error}")
     finished = finished and all(hook.verified for hook in hooks.received())
+    pushes = apns.received()
+    say(f"\n== pushes, as the APNs stand-in received them ({len(pushes)} received, "
+        f"{sum(p.ok for p in pushes)} answered 200)")
+    for p in pushes:
+        say(f"  device {p.token[:8]}...{p.token[-4:]} {p.topic}: {p.alert!r} -> {p.status} "
+            f"{p.reason or 'apns-id ' + p.apns_id}")
 
     say("\n== photo records (what the web tier reads)")
     records = PhotoRecords(r, s)
@@ -312,7 +335,7 @@ def say_serving(s: Settings, web_url: str) -> None:
 
 
 def serve_until_interrupted(env: dict[str, str], logs: Path, apis: SocialStandIn,
-                            hooks: WebhookReceiver) -> bool:
+                            hooks: WebhookReceiver, apns: ApnsStandIn) -> bool:
     """Flower, beat and the web tier beside the workers, started before the workload so the
     first look at Flower and the web tier shows the farm at work; then until Ctrl-C/SIGTERM."""
     from workers.web.app import StandIns, create_app
@@ -330,13 +353,13 @@ def serve_until_interrupted(env: dict[str, str], logs: Path, apis: SocialStandIn
                 extra.append(subprocess.Popen([sys.executable, "-m", "workers.cli", name],
                                               env=env, stdout=log, stderr=subprocess.STDOUT,
                                               start_new_session=True))
-        with WebServer(create_app(s, StandIns(apis, hooks)), s) as web:
+        with WebServer(create_app(s, StandIns(apis, hooks, apns)), s) as web:
             if not wait_until(lambda: flower_up(s) or any(p.poll() is not None for p in extra),
                               timeout=60) or not flower_up(s):
                 say("Flower did not start; see its log in " + str(logs))
                 return False
             say_serving(s, web.url)
-            ok = push_workload(apis, hooks)
+            ok = push_workload(apis, hooks, apns)
             say(f"\nstill serving: the web tier on {web.url}, Flower on "
                 f"http://{s.flower_address}:{s.flower_port}. Ctrl-C stops everything.")
             while all(p.poll() is None for p in extra):

@@ -38,6 +38,8 @@ def test_demo_runs_end_to_end_with_no_configuration(tmp_path: Path) -> None:
     assert r"'night walk\n\nhttps://photofarm.example/p/105'" in text
     for hook in ("/user-1: msg_1_101", "/user-1: msg_1_102", "/tag-coffee: msg_2_103"):
         assert f"{hook}  signature verified" in text
+    # Pushed through the farm's APNs client, over HTTP/2 and TLS, to the demo's stand-in.
+    assert "pushes, as the APNs stand-in received them (3 received, 3 answered 200)" in text
     assert table["diag.flaky"][:3] == ["2", "2", "1"]  # ok, retries, dead-lettered
     assert text.rstrip().endswith("stopped every process the demo started")
     # Nothing left running: every worker's log ends with its warm shutdown.

@@ -1,9 +1,10 @@
-"""The demo web tier as a Starlette app: upload, watch the variants, follow, read feeds.
+"""The demo web tier as a Starlette app: upload, watch the variants, follow, read feeds, push.
 
 It does exactly what a real web tier does and nothing more: the original goes into the blob
 store under a key, then ``enqueue.photo_uploaded`` (ids and keys only); follows write the graph
 (``FeedStore.follow``/``unfollow``) before ``enqueue.user_followed``/``user_unfollowed``, as
-the feed contract asks; pages read ``feed_page`` and photo records. Arguments are checked with
+the feed contract asks; a push is ``enqueue.notify_users``; pages read ``feed_page`` and photo
+records. Arguments are checked with
 the enqueue API's own check (``enqueue.message``) before anything is stored, so a refused
 upload leaves nothing behind. Handlers doing Redis or storage I/O are plain functions (Starlette
 runs them in its thread pool); the form parsing ones hand that part to the pool themselves.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import re
 import secrets
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -40,10 +42,12 @@ from workers.web import pages
 from workers.web.guard import FORM_OVERHEAD, BodyLimit, CsrfCookie, check_post
 
 if TYPE_CHECKING:
+    from workers.demo_apns import ApnsStandIn
     from workers.demo_social import SocialStandIn
     from workers.demo_webhooks import WebhookReceiver
 
 RECENT_UPLOADS = 50  # shown on the front page: this web tier's own memory of what it took
+PUSHES_SHOWN = 100  # the APNs stand-in's newest pushes on /standins
 FEED_PAGE = 30
 # Only variants are served: the original (whatever a user sent) never is.
 VARIANT_KEY = re.compile(r"photos/[1-9][0-9]{0,18}/[A-Za-z0-9_-]{1,32}\.jpg")
@@ -60,6 +64,7 @@ class StandIns:
 
     social: SocialStandIn | None = None
     hooks: WebhookReceiver | None = None
+    apns: ApnsStandIn | None = None
 
 
 class WebTier:
@@ -103,9 +108,14 @@ class WebTier:
         tweets = [(t.user, t.text) for t in social.tweets()] if social else []
         photos = [(p.page_id, p.message, p.size) for p in social.page_photos()] if social else []
         received = [(h.path, h.webhook_id, h.verified) for h in hooks.received()] if hooks else []
-        pushes = {k: v for k, v in counters(data_redis(), self.s).items()
-                  if k.startswith("push.")}
-        return HTMLResponse(pages.standins(tweets, photos, received, pushes,
+        apns = self.standins.apns if self.standins else None
+        sent = [(f"{p.token[:8]}...{p.token[-4:]}", p.alert,
+                 time.strftime("%H:%M:%S", time.localtime(p.at)),
+                 "200" if p.ok else f"{p.status} {p.reason}")
+                for p in reversed(apns.received()[-PUSHES_SHOWN:])] if apns else []
+        counted = {k: v for k, v in counters(data_redis(), self.s).items()
+                   if k.startswith("push.")}
+        return HTMLResponse(pages.standins(tweets, photos, received, sent, counted,
                                            attached=self.standins is not None))
 
     # -- reads (JSON for the pages' polling) --------------------------------------------
@@ -209,6 +219,21 @@ class WebTier:
             feeds.unfollow(follower, followee)
             enqueue.user_unfollowed(follower, followee)
 
+    async def notify(self, request: Request) -> Response:
+        """A push to some users' devices: ``enqueue.notify_users``, which checks (the worker's
+        own check) before it sends; the stand-ins page then shows what APNs received."""
+        async with request.form(max_files=0, max_fields=10) as form:
+            check_post(request, form)
+            users, alert = form.get("user_ids"), form.get("alert")
+        ids = ([as_int(u) for u in re.split(r"[\s,]+", users.strip())]
+               if isinstance(users, str) else users)
+        try:
+            await run_in_threadpool(enqueue.notify_users, cast("list[int]", ids),
+                                    alert if isinstance(alert, str) else None)
+        except ValueError as exc:
+            return self.refused(request, str(exc), 400)
+        return RedirectResponse("/standins", 303)
+
     def refused(self, request: Request, reason: str, status: int) -> HTMLResponse:
         with self.lock:
             recent = list(self.uploads)
@@ -238,6 +263,7 @@ def create_app(settings: Settings | None = None, standins: StandIns | None = Non
             Route("/", tier.home),
             Route("/upload", tier.upload, methods=["POST"]),
             Route("/follow", tier.follow, methods=["POST"]),
+            Route("/notify", tier.notify, methods=["POST"]),
             Route("/photos/{photo_id}", tier.photo_page),
             Route("/feed", tier.open_feed),
             Route("/users/{user_id}", tier.user_page),

@@ -53,6 +53,13 @@ def home(token: str, uploads: Sequence[tuple[int, int]], error: str = "") -> str
 <label>follows user <input type=number name=followee_id min=1 required></label>
 <button name=action value=follow>Follow</button>
 <button name=action value=unfollow>Unfollow</button></form></section>
+<section><h2>Send a push</h2>
+<form method=post action=/notify id=notify>{csrf_field(token)}
+<label>to users <input name=user_ids value="1, 2, 3" required></label>
+<label>alert <input name=alert maxlength=1000 value="Hello from the web tier" required></label>
+<button>Notify</button></form>
+<p>Under <code>farm demo --serve</code> users 1-3 have a device each: the push lands in the APNs
+stand-in, on <a href=/standins>the stand-ins page</a>.</p></section>
 <section><h2>Read a feed</h2><form method=get action=/feed id=feed>
 <label>user <input type=number name=user_id min=1 required></label> <button>Open</button>
 </form></section>
@@ -124,11 +131,11 @@ poll();
 
 
 def standins(tweets: list[tuple[str, str]], page_photos: list[tuple[str, str, int]],
-             hooks: list[tuple[str, str, bool]], pushes: dict[str, int],
-             attached: bool) -> str:
+             hooks: list[tuple[str, str, bool]], apns: list[tuple[str, str, str, str]],
+             pushes: dict[str, int], attached: bool) -> str:
     if not attached:
         note = ("<p>No stand-ins attached: `farm demo --serve` runs this page beside local "
-                "stand-ins of X, Facebook and a webhook subscriber.</p>")
+                "stand-ins of X, Facebook, APNs and a webhook subscriber.</p>")
     else:
         note = ""
 
@@ -145,5 +152,7 @@ def standins(tweets: list[tuple[str, str]], page_photos: list[tuple[str, str, in
 <section><h2>Webhooks (local subscriber)</h2><table id=webhooks>
 <tr><th>path</th><th>webhook-id</th><th>signature</th></tr>
 {rows((p, i, 'verified' if ok else 'NOT verified') for p, i, ok in hooks)}</table></section>
+<section><h2>Pushes (APNs stand-in), newest first</h2><table id=apns>
+<tr><th>device</th><th>alert</th><th>at</th><th>answer</th></tr>{rows(apns)}</table></section>
 <section><h2>Pushes (the farm's counters)</h2><table id=pushes>
 {rows(sorted(pushes.items()))}</table></section>""", refresh=2)
