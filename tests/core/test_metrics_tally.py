@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from config.settings import get_settings
 from tasks.core import metrics
@@ -34,7 +36,9 @@ def test_the_flusher_thread_writes_within_its_interval(data: redis.Redis) -> Non
 
 
 def test_a_refused_write_keeps_its_counts_for_the_next(data: redis.Redis) -> None:
-    down = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)  # nothing listens
+    # Nothing listens on port 1; refused at once, with no retries.
+    down = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1,
+                       retry=Retry(NoBackoff(), 0))
     client = [down]
     tally = metrics.Tally(lambda: client[0], get_settings)
     tally._owner = os.getpid()
