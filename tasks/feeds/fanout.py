@@ -54,11 +54,7 @@ def _write_feeds(store: FeedStore, s: Settings, photo_id: int, ids: str, chunk: 
     slices redoes them, and place() never writes an id a feed already holds."""
     if not ids:
         return 0
-    if len(store.shards) == 1:
-        groups = {0: ids.split(",")}
-    else:
-        groups = {i: list(map(str, members))
-                  for i, members in store.by_shard(map(int, ids.split(","))).items()}
+    groups = store.split_by_shard(ids)
     keys = [store.marker_key(photo_id, chunk), store.tombstone_key(photo_id)]
     head = [photo_id, s.feed_cap, s.marker_ttl, f"{s.key_prefix}:feed:"]
 

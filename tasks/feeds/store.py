@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from itertools import pairwise
 from typing import cast
 
+import numpy as np
 import redis
 
 from config.settings import Settings, get_settings
@@ -31,7 +32,7 @@ from tasks.core.process_local import ProcessLocal
 from tasks.core.redis import data_redis, redis_client
 from tasks.core.scripts import Script
 from tasks.core.validation import MAX_USER_ID
-from tasks.feeds.sharding import jump_hash
+from tasks.feeds.sharding import jump_hash, jump_hash_many
 
 FOLLOWER_BOUNDS = Script(__package__, "follower_bounds.lua")
 
@@ -102,10 +103,22 @@ class FeedStore:
 
     def by_shard(self, uids: Iterable[int]) -> dict[int, list[int]]:
         """Shard index -> the given users on it, in the order given."""
-        out: dict[int, list[int]] = {}
-        for uid in uids:
-            out.setdefault(self.shard_index(uid), []).append(uid)
-        return out
+        users = list(uids)
+        if len(self.shards) == 1:
+            return {0: users} if users else {}
+        shard = jump_hash_many(np.array(users, dtype=np.uint64), len(self.shards))
+        return {int(i): [users[j] for j in np.flatnonzero(shard == i).tolist()]
+                for i in np.unique(shard)}
+
+    def split_by_shard(self, ids: str) -> dict[int, list[str]]:
+        """Shard index -> the users of ``ids`` (comma-joined decimal ids, as the select script
+        gives them) on it, in the order given: parsed and hashed for the whole chunk at once."""
+        parts = ids.split(",") if ids else []
+        if len(self.shards) == 1 or not parts:
+            return {0: parts} if parts else {}
+        shard = jump_hash_many(np.fromstring(ids, dtype=np.uint64, sep=","), len(self.shards))
+        return {int(i): [parts[j] for j in np.flatnonzero(shard == i).tolist()]
+                for i in np.unique(shard)}
 
     # the web tier's reads
     def feed_page(self, uid: int, limit: int = 30, before_id: int | None = None) -> list[int]:
