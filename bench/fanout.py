@@ -1,13 +1,17 @@
-"""Feed fan-out at Redis speed: three figures from one run, against the benchmark's own server.
+"""Feed fan-out at Redis speed: three figures from one run, against the benchmark's own servers.
 
-    python -m bench.fanout [--followers N]      (or: farm bench fanout)
+    python -m bench.fanout [--followers N] [--shards S]      (or: farm bench fanout)
 
 1. Followers written per second by one chunk-writing process (tasks.feeds.fanout.write_chunk over
    every chunk of an N-follower owner, N = 1M by default), beside redis-benchmark's pipelined LPUSH
-   rate (`redis-benchmark -t lpush -P 100`) against the same server, and the ratio.
+   rate (`redis-benchmark -t lpush -P 100`) against the same server, and the ratio. With
+   ``--shards S``, the feeds then live on S servers of their own (FARM_FEED_SHARDS) and the
+   same process writes the same owner's chunks again: the sharded rate beside the one-server
+   rate of the same run.
 2. The time for one N-follower post to reach every feed through the real farm: enqueue
    feeds.fanout, real `farm worker` processes (feed and batch profiles, one prefork process per
-   core between them), until every chunk has run.
+   core between them), until the post's fan-out ledger is empty (every chunk has run); on the
+   shards when ``--shards`` is given.
 3. Bytes of Redis memory per feed entry, for full feeds (FARM_FEED_CAP entries each).
 
 redis-benchmark is not on PyPI: it is taken from PATH if there (Debian's redis-tools has it);
@@ -17,6 +21,7 @@ without it the ratio is left out, said so, and everything else still runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -52,7 +57,7 @@ def lpush_baseline(port: int, password: str, requests: int) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def chunk_rate(followers: int) -> tuple[float, int]:
+def chunk_rate(photo: int) -> tuple[float, int]:
     """Followers written per second by this one process, over every chunk of the owner."""
     from config.settings import get_settings
     from tasks.feeds.fanout import chunk_ranges, write_chunk
@@ -61,7 +66,6 @@ def chunk_rate(followers: int) -> tuple[float, int]:
     s = get_settings()
     store = feed_store(s)
     ranges = chunk_ranges(store, OWNER, s.feed_chunk_size)
-    photo = 2_000_000_000_000_000_000
     start = time.perf_counter()
     written = sum(max(0, write_chunk(photo, OWNER, lo, hi, False)) for lo, hi in ranges)
     elapsed = time.perf_counter() - start
@@ -71,11 +75,10 @@ def chunk_rate(followers: int) -> tuple[float, int]:
 def farm_time(followers: int, state: Path) -> float:
     """Seconds from enqueueing one post's fan-out to its last chunk written, with real workers."""
     from config.celery_app import app
-    from config.settings import get_settings
-    from tasks.core.redis import data_redis
+    from tasks.feeds.store import feed_store
     from workers.launcher import WorkerProcess, stop_all
 
-    s = get_settings()
+    store = feed_store()
     cores = os.cpu_count() or 1
     workers = [WorkerProcess("feed", state / "feed.log", concurrency=cores).start(),
                WorkerProcess("batch", state / "batch.log", concurrency=max(1, cores // 2),
@@ -83,15 +86,14 @@ def farm_time(followers: int, state: Path) -> float:
     try:
         for w in workers:
             w.wait_ready(60)
-        r = data_redis()
-        metrics = s.key("metrics", "tasks")
-        done_before = int(r.hget(metrics, "feeds.fanout_chunk:ok") or 0)
-        chunks = -(-followers // s.feed_chunk_size)
         photo = 2_000_000_000_000_000_001
-        start = time.perf_counter()
+        ledger = store.pending_key(photo)  # each chunk listed before it is sent, crossed off
+        start = time.perf_counter()        # when it has run (tasks/feeds/ledger.py)
         app.send_task("feeds.fanout", kwargs={"photo_id": photo, "owner_id": OWNER})
-        while int(r.hget(metrics, "feeds.fanout_chunk:ok") or 0) - done_before < 2 * chunks:
-            time.sleep(0.02)
+        listed = False
+        while not listed or store.graph.exists(ledger):
+            listed = listed or bool(store.graph.exists(ledger))
+            time.sleep(0.01)
         return time.perf_counter() - start
     finally:
         stop_all(workers)
@@ -118,13 +120,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="fan-out benchmark")
     parser.add_argument("--followers", type=int, default=1_000_000)
     parser.add_argument("--lpush-requests", type=int, default=2_000_000)
+    parser.add_argument("--shards", type=int, default=0,
+                        help="also write to S feed servers of their own (FARM_FEED_SHARDS)")
     opts = parser.parse_args()
 
     from workers.embedded_redis import EmbeddedRedis
 
     state = Path(os.environ.get("TMPDIR", "/tmp")) / f"farm-bench-fanout-{os.getpid()}"
     state.mkdir(parents=True, exist_ok=True)
-    with EmbeddedRedis() as server:
+    with EmbeddedRedis() as server, contextlib.ExitStack() as stack:
+        shards = [stack.enter_context(EmbeddedRedis()) for _ in range(opts.shards)]
         for name in [k for k in os.environ if k.startswith("FARM_")]:
             del os.environ[name]
         os.environ.update(FARM_BROKER_URL=server.url(0), FARM_REDIS_URL=server.url(1),
@@ -137,10 +142,18 @@ def main() -> None:
         add_followers(store.graph, store.followers_key(OWNER), opts.followers)
         print(f"server: valkey {store.graph.info('server')['valkey_version']} on a free port; "
               f"{opts.followers} followers, chunks of {s.feed_chunk_size}, {os.cpu_count()} "
-              f"cores", flush=True)
+              f"cores" + (f"; {opts.shards} feed shards of their own" if shards else ""),
+              flush=True)
 
-        rate, written = chunk_rate(opts.followers)
+        rate, written = chunk_rate(2_000_000_000_000_000_000)
         print(f"one chunk-writing process: {rate:,.0f} followers/s ({written} written)")
+        sharded = 0.0
+        if shards:
+            os.environ["FARM_FEED_SHARDS"] = ",".join(shard.url(0) for shard in shards)
+            get_settings.cache_clear()
+            sharded, written = chunk_rate(2_000_000_000_000_000_002)
+            print(f"the same process, feeds on {opts.shards} shards: {sharded:,.0f} followers/s "
+                  f"({written} written; {sharded / rate:.2f} of the one-server rate)")
         lpush = lpush_baseline(server.port or 0, server.password, opts.lpush_requests)
         if lpush is None:
             print("redis-benchmark not found on PATH: the LPUSH baseline is left out")
@@ -148,13 +161,18 @@ def main() -> None:
             print(f"redis-benchmark -t lpush -P 100: {lpush:,.0f} LPUSH/s (same server)")
 
         e2e = farm_time(opts.followers, state)
+        where = f"feeds on {opts.shards} shards" if shards else "feeds on the data server"
         print(f"one {opts.followers}-follower post through the farm: {e2e:.2f} s "
-              f"(enqueue -> every chunk written)")
+              f"(enqueue -> every chunk written; {where})")
+        os.environ.pop("FARM_FEED_SHARDS", None)
+        get_settings.cache_clear()
         per_entry = bytes_per_entry(500, s.feed_cap)
         print(f"memory: {per_entry:.1f} bytes per feed entry (500 full feeds of {s.feed_cap})")
     shutil.rmtree(state, ignore_errors=True)
     ratio = f"{rate / lpush:.2f} of pipelined LPUSH" if lpush else "no LPUSH baseline"
-    print(f"{rate:,.0f} followers/s per process ({ratio}; goals >= 400k/s and >= 0.25), "
+    spread = (f"; {sharded:,.0f}/s on {opts.shards} shards ({sharded / rate:.2f} of one server)"
+              if shards else "")
+    print(f"{rate:,.0f} followers/s per process ({ratio}; goals >= 400k/s and >= 0.25){spread}, "
           f"{e2e:.2f} s for {opts.followers:,} followers end to end (goal <= 5 s), "
           f"{per_entry:.1f} bytes/entry (goal <= 12)")
 
