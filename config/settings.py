@@ -111,6 +111,10 @@ class Settings:
     fanout_sweep_after: int = 600
     feed_active_days: float = 7.0  # followers seen this recently get the post first
     feed_backfill: int = 100  # a followee's newest posts merged into a new follower's feed
+    # Owners with at least this many followers are not fanned out on write: their posts are
+    # merged into their followers' feeds when read (tasks/feeds/celebrities.py). One who falls
+    # below half of it is fanned out on write again.
+    celebrity_followers: int = 1_000_000
     posts_cap: int = 1000  # a user's own posts kept for backfills and rebuilds
     activity_cap: int = 200
     # How long a fan-out chunk's done-marker and a deleted photo's tombstone guard a rerun:
@@ -281,7 +285,7 @@ def _validate(s: Settings) -> None:
     for name in ("task_time_limit", "visibility_timeout", "restore_interval", "max_arg_bytes",
                  "max_deliveries", "s3_multipart_mb", "photo_full_size", "max_pixels",
                  "max_upload_mb", "feed_cap", "feed_chunk_size", "feed_backfill", "posts_cap",
-                 "activity_cap", "marker_ttl", "fanout_sweep_after",
+                 "activity_cap", "marker_ttl", "fanout_sweep_after", "celebrity_followers",
                  "feed_concurrency", "io_procs", "io_threads", "batch_concurrency",
                  "max_tasks_per_child", "flower_port", "deadletter_retention_days"):
         _check(getattr(s, name) > 0, name, f"must be positive, got {getattr(s, name)}")

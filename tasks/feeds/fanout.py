@@ -1,6 +1,8 @@
 """Feed fan-out: a photo's id into every follower's feed, active followers first.
 
-``fan_out`` cuts the owner's followers into chunks by follower id (not rank, so a follow or an
+An owner with FARM_CELEBRITY_FOLLOWERS followers or more is fanned out on read instead
+(celebrities.py): ``fan_out`` records the post and stops there. Otherwise ``fan_out`` cuts the
+owner's followers into chunks by follower id (not rank, so a follow or an
 unfollow during a fan-out shifts nobody into another chunk) and enqueues each chunk twice: the
 active followers' pass on ``feeds``, all of them first, then the rest on ``feeds_batch``.
 ``write_chunk`` is one Lua call on the data Redis (which followers, is the photo deleted) and,
@@ -29,7 +31,7 @@ from tasks.core import prom, timing
 from tasks.core.ids import id_time_ms
 from tasks.core.process_local import ProcessLocal
 from tasks.core.scripts import Script
-from tasks.feeds import ledger
+from tasks.feeds import celebrities, ledger
 from tasks.feeds.ledger import chunk_name
 from tasks.feeds.store import FeedStore, feed_store
 
@@ -100,6 +102,10 @@ def fan_out(photo_id: int, owner_id: int) -> dict[str, Any]:
             return summary
         _write_feeds(store, s, photo_id, str(owner_id), "own")
     with timing.phase("walk"):
+        on_read, n = celebrities.is_celebrity_post(store, owner_id, photo_id)
+        if on_read:  # merged into followers' feeds as they read them: nothing to write
+            summary.update(followers=n, on_read=True)
+            return summary
         n, chunks = store.follower_chunks(owner_id, s.feed_chunk_size)
     if not chunks:
         return summary

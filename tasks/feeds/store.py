@@ -7,6 +7,7 @@ right):
   {p}:following:{uid}   sorted set of the users they follow, member = score = followee id
   {p}:last_active       sorted set, member = user id, score = last-active Unix time
   {p}:posts:{uid}       list of the user's own photo ids, newest first (capped), kept by fan-out
+  {p}:celebrities, {p}:celebrities:read   owners fanned out on read (tasks/feeds/celebrities.py)
 On the feed shards (a user's keys always on one shard, by a stable hash of the user id):
   {p}:feed:{uid}        list of photo ids, newest first, capped at FARM_FEED_CAP
   {p}:activity:{uid}    list of JSON activity entries, newest first, capped
@@ -32,6 +33,7 @@ from tasks.core.process_local import ProcessLocal
 from tasks.core.redis import data_redis, redis_client
 from tasks.core.scripts import Script
 from tasks.core.validation import MAX_USER_ID
+from tasks.feeds import celebrities
 from tasks.feeds.sharding import jump_hash, jump_hash_many
 
 FOLLOWER_BOUNDS = Script(__package__, "follower_bounds.lua")
@@ -46,6 +48,8 @@ class FeedStore:
         self.shards = shards
         p = s.key_prefix
         self.last_active = f"{p}:last_active"
+        self.celebrities = f"{p}:celebrities"  # tasks/feeds/celebrities.lua
+        self.celebrities_read = f"{p}:celebrities:read"
         self._p = p
 
     # keys
@@ -122,18 +126,40 @@ class FeedStore:
 
     # the web tier's reads
     def feed_page(self, uid: int, limit: int = 30, before_id: int | None = None) -> list[int]:
-        """Up to ``limit`` photo ids of the user's feed, newest first, older than ``before_id``."""
+        """Up to ``limit`` photo ids of the user's feed, newest first, older than ``before_id``:
+        the feed list on its shard, with the posts of the celebrities the user follows merged
+        in by id (tasks/feeds/celebrities.py), no id twice. A full feed (FARM_FEED_CAP) shows
+        nothing older than its oldest entry, as if those posts had been fanned out and trimmed."""
         if limit <= 0:
             return []
         shard, key = self.shard_for(uid), self.feed_key(uid)
+        before = "" if before_id is None else str(before_id)
+        pipe = shard.pipeline(transaction=False)
         if before_id is None:
-            return [int(x) for x in shard.lrange(key, 0, limit - 1)]
-        pos = cast("int | None", shard.lpos(key, str(before_id)))  # no COUNT: one position
-        if pos is not None:
-            return [int(x) for x in shard.lrange(key, pos + 1, pos + limit)]
-        # The cursor's photo is gone (deleted, trimmed): the list is sorted, so filter it.
-        older = [int(x) for x in shard.lrange(key, 0, -1) if int(x) < before_id]
-        return older[:limit]
+            pipe.lrange(key, 0, limit - 1)
+        else:
+            pipe.lpos(key, before)  # no COUNT: one position
+        pipe.llen(key)
+        pipe.lindex(key, -1)
+        together = shard is self.graph  # one server: the merge rides in the same round trip
+        if together:
+            celebrities.merged_posts(self, uid, limit, before, pipe=pipe)
+        got = pipe.execute()
+        merged = got[3] if together else celebrities.merged_posts(self, uid, limit, before)
+        if before_id is None:
+            own = [int(x) for x in got[0]]
+        elif got[0] is not None:
+            pos = int(got[0])
+            own = [int(x) for x in shard.lrange(key, pos + 1, pos + limit)]
+        else:  # the cursor's photo is not in the list (deleted, trimmed, a celebrity's post):
+            # the list is sorted, so filter it
+            own = [int(x) for x in shard.lrange(key, 0, -1) if int(x) < before_id][:limit]
+        if not merged:
+            return own
+        cap = get_settings().feed_cap  # as the writes read it, not the store's first settings
+        floor = int(got[2]) if int(got[1]) >= cap and got[2] is not None else 0
+        extra = {int(x) for x in merged if int(x) >= floor}
+        return sorted(extra.union(own), reverse=True)[:limit]
 
     def activity_page(self, uid: int, limit: int = 30) -> list[str]:
         entries = self.shard_for(uid).lrange(self.activity_key(uid), 0, limit - 1)
