@@ -72,8 +72,9 @@ def chunk_rate(photo: int) -> tuple[float, int]:
     return written / elapsed, written
 
 
-def farm_time(followers: int, state: Path) -> float:
-    """Seconds from enqueueing one post's fan-out to its last chunk written, with real workers."""
+def farm_time(followers: int, state: Path, photo: int = 2_000_000_000_000_000_001) -> float:
+    """Seconds from enqueueing one post's fan-out to its last chunk written, with real workers
+    (``followers`` only for the record: the ledger says when every chunk has run)."""
     from config.celery_app import app
     from tasks.feeds.store import feed_store
     from workers.launcher import WorkerProcess, stop_all
@@ -86,7 +87,6 @@ def farm_time(followers: int, state: Path) -> float:
     try:
         for w in workers:
             w.wait_ready(60)
-        photo = 2_000_000_000_000_000_001
         ledger = store.pending_key(photo)  # each chunk listed before it is sent, crossed off
         start = time.perf_counter()        # when it has run (tasks/feeds/ledger.py)
         app.send_task("feeds.fanout", kwargs={"photo_id": photo, "owner_id": OWNER})

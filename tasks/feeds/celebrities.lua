@@ -47,12 +47,11 @@ if entry == 'classify' then
 
 elseif entry == 'posts' then
   -- At a feed read. KEYS: the reader's following set, the read set. ARGV: posts key prefix,
-  -- limit, before (a photo id, or '' for the newest). Returns up to `limit` post ids of each
-  -- merged owner the reader follows, each older than `before`, owner by owner (the caller
-  -- merges them with the feed).
+  -- limit, before (a photo id, or '' for the newest). Returns the newest `limit` posts older
+  -- than `before` among every merged owner the reader follows, newest first.
   local owners = call('ZINTER', '2', KEYS[1], KEYS[2])
   local prefix, limit, before = ARGV[2], tonumber(ARGV[3]), ARGV[4]
-  local out = {}
+  local lists = {}
   for _, owner in ipairs(owners) do
     local key = prefix .. owner
     local start = 0
@@ -64,9 +63,20 @@ elseif entry == 'posts' then
       end
       start = lo
     end
-    for _, id in ipairs(call('LRANGE', key, start, start + limit - 1)) do
-      out[#out + 1] = id
+    local items = call('LRANGE', key, start, start + limit - 1)
+    if #items > 0 then lists[#lists + 1] = {items, 1} end
+  end
+  -- Each list is newest first: take the newest head `limit` times (k-way merge), no sort.
+  local out = {}
+  while #out < limit do
+    local best
+    for _, l in ipairs(lists) do
+      local head = l[1][l[2]]
+      if head and (not best or newer(head, best[1][best[2]])) then best = l end
     end
+    if not best then break end
+    out[#out + 1] = best[1][best[2]]
+    best[2] = best[2] + 1
   end
   return out
 end

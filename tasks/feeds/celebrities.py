@@ -46,10 +46,20 @@ def is_celebrity_post(store: FeedStore, owner_id: int, photo_id: int) -> tuple[b
 
 def merged_posts(store: FeedStore, uid: int, limit: int, before: str,
                  pipe: Pipeline | None = None) -> Any:
-    """Up to ``limit`` posts (ids as strings) of each merged owner ``uid`` follows, older than
-    ``before`` ('' for the newest); queued on ``pipe`` (a pipeline of the data Redis) if given."""
-    return CELEBRITIES(store.graph, [store.following_key(uid), store.celebrities_read],
-                       ["posts", f"{store.s.key_prefix}:posts:", limit, before], pipe=pipe)
+    """The newest ``limit`` posts (ids as strings, newest first) older than ``before`` ('' for
+    the newest) among the merged owners ``uid`` follows. Queued as a bare EVALSHA on ``pipe``
+    (a pipeline of the data Redis) if given: the caller loads the script on NoScriptError."""
+    keys = [store.following_key(uid), store.celebrities_read]
+    args = ["posts", f"{store.s.key_prefix}:posts:", limit, before]
+    if pipe is not None:
+        CELEBRITIES.queue(pipe, keys, args)
+        return None
+    return CELEBRITIES(store.graph, keys, args)
+
+
+def load_scripts(store: FeedStore) -> None:
+    """Load the read script on the data Redis (after a NoScriptError: the server restarted)."""
+    CELEBRITIES.load(store.graph)
 
 
 def celebrities(store: FeedStore) -> dict[int, str]:

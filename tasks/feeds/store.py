@@ -23,10 +23,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from itertools import pairwise
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import redis
+from redis.exceptions import NoScriptError
 
 from config.settings import Settings, get_settings
 from tasks.core.process_local import ProcessLocal
@@ -134,18 +135,24 @@ class FeedStore:
             return []
         shard, key = self.shard_for(uid), self.feed_key(uid)
         before = "" if before_id is None else str(before_id)
-        pipe = shard.pipeline(transaction=False)
-        if before_id is None:
-            pipe.lrange(key, 0, limit - 1)
-        else:
-            pipe.lpos(key, before)  # no COUNT: one position
-        pipe.llen(key)
-        pipe.lindex(key, -1)
         together = shard is self.graph  # one server: the merge rides in the same round trip
-        if together:
-            celebrities.merged_posts(self, uid, limit, before, pipe=pipe)
-        got = pipe.execute()
-        merged = got[3] if together else celebrities.merged_posts(self, uid, limit, before)
+
+        def read() -> list[Any]:
+            pipe = shard.pipeline(transaction=False)
+            if before_id is None:
+                pipe.lrange(key, 0, limit - 1)
+            else:
+                pipe.lpos(key, before)  # no COUNT: one position
+            if together:
+                celebrities.merged_posts(self, uid, limit, before, pipe=pipe)
+            return list(pipe.execute())
+
+        try:
+            got = read()
+        except NoScriptError:  # the server restarted without its scripts: load, read again
+            celebrities.load_scripts(self)
+            got = read()
+        merged = got[1] if together else celebrities.merged_posts(self, uid, limit, before)
         if before_id is None:
             own = [int(x) for x in got[0]]
         elif got[0] is not None:
@@ -156,10 +163,20 @@ class FeedStore:
             own = [int(x) for x in shard.lrange(key, 0, -1) if int(x) < before_id][:limit]
         if not merged:
             return own
+        extra = [int(x) for x in merged]
+        if len(own) < limit:  # at the feed's end: a full feed's trimmed past starts here
+            floor = self._full_feed_floor(shard, key)
+            extra = [x for x in extra if x >= floor]
+        return sorted(set(extra).union(own), reverse=True)[:limit]
+
+    def _full_feed_floor(self, shard: redis.Redis, key: str) -> int:
+        """The oldest id a full feed holds (older ones would have been trimmed), else 0."""
+        pipe = shard.pipeline(transaction=False)
+        pipe.llen(key)
+        pipe.lindex(key, -1)
+        length, oldest = pipe.execute()
         cap = get_settings().feed_cap  # as the writes read it, not the store's first settings
-        floor = int(got[2]) if int(got[1]) >= cap and got[2] is not None else 0
-        extra = {int(x) for x in merged if int(x) >= floor}
-        return sorted(extra.union(own), reverse=True)[:limit]
+        return int(oldest) if int(length) >= cap and oldest is not None else 0
 
     def activity_page(self, uid: int, limit: int = 30) -> list[str]:
         entries = self.shard_for(uid).lrange(self.activity_key(uid), 0, limit - 1)
