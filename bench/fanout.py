@@ -90,9 +90,12 @@ def farm_time(followers: int, state: Path, photo: int = 2_000_000_000_000_000_00
         ledger = store.pending_key(photo)  # each chunk listed before it is sent, crossed off
         start = time.perf_counter()        # when it has run (tasks/feeds/ledger.py)
         app.send_task("feeds.fanout", kwargs={"photo_id": photo, "owner_id": OWNER})
-        listed = False
+        listed, deadline = False, time.monotonic() + 600
         while not listed or store.graph.exists(ledger):
             listed = listed or bool(store.graph.exists(ledger))
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no end to the fan-out in 600 s (ledger listed: {listed}); "
+                                   f"worker logs in {state}")
             time.sleep(0.01)
         return time.perf_counter() - start
     finally:
@@ -132,8 +135,10 @@ def main() -> None:
         shards = [stack.enter_context(EmbeddedRedis()) for _ in range(opts.shards)]
         for name in [k for k in os.environ if k.startswith("FARM_")]:
             del os.environ[name]
+        # fan-out on write is what this measures: the owner stays under the celebrity line
         os.environ.update(FARM_BROKER_URL=server.url(0), FARM_REDIS_URL=server.url(1),
-                          FARM_ENV_FILE=os.devnull, FARM_STATE_DIR=str(state))
+                          FARM_ENV_FILE=os.devnull, FARM_STATE_DIR=str(state),
+                          FARM_CELEBRITY_FOLLOWERS=str(opts.followers + 1))
         from config.settings import get_settings
         from tasks.feeds.store import feed_store
 
