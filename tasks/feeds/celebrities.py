@@ -62,6 +62,11 @@ def load_scripts(store: FeedStore) -> None:
     CELEBRITIES.load(store.graph)
 
 
+def read_now(store: FeedStore, owner_id: int) -> bool:
+    """Whether the owner is fanned out on read now (a follow needs no backfill of theirs)."""
+    return bool(store.graph.hget(store.celebrities, str(owner_id)) == "on")
+
+
 def celebrities(store: FeedStore) -> dict[int, str]:
     """Owner -> "on" (fanned out on read now) or the first post fanned out on write again."""
     raw: dict[str, str] = store.graph.hgetall(store.celebrities)  # type: ignore[assignment]

@@ -10,6 +10,7 @@ from typing import cast
 
 from config.settings import get_settings
 from tasks.core.scripts import Script
+from tasks.feeds import celebrities
 from tasks.feeds.store import FeedStore, feed_store
 
 LISTS = Script(__package__, "lists.lua")  # entries: backfill, remove, rebuild
@@ -32,8 +33,8 @@ def backfill(follower_id: int, followee_id: int, *, recheck: bool = True) -> int
     """
     s = get_settings()
     store = feed_store(s)
-    if not _follows(store, follower_id, followee_id):
-        return 0
+    if not _follows(store, follower_id, followee_id) or celebrities.read_now(store, followee_id):
+        return 0  # unfollowed since; or a celebrity, whose posts every read merges in
     posts = newest_first(cast("list[str]", store.graph.lrange(store.posts_key(followee_id), 0,
                                                               s.feed_backfill - 1)))
     if not posts:

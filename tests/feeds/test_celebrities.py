@@ -10,6 +10,7 @@ import redis
 from tasks.feeds.celebrities import celebrities
 from tasks.feeds.deletes import delete_photo
 from tasks.feeds.fanout import fan_out
+from tasks.feeds.follows import backfill
 from tasks.feeds.store import FeedStore, feed_store
 from tests.feeds.test_fanout import add_followers, configure, photo, run_queued
 
@@ -65,7 +66,9 @@ def test_a_celebrity_post_is_read_not_written_and_merges_in_order(
     feeds.unfollow(FANS[5], STAR)
     assert feeds.feed_page(FANS[5]) == []
     feeds.follow(FANS[5], STAR)
+    assert backfill(FANS[5], STAR) == 0  # user_followed's job: nothing to copy, reads merge
     assert feeds.feed_page(FANS[5]) == [photo(2)]
+    assert shard.lrange(feeds.feed_key(FANS[5]), 0, -1) == []
     # A server restarted without its scripts: the read loads the merge script and goes on.
     feeds.graph.script_flush()
     assert feeds.feed_page(FANS[0]) == [photo(3), photo(2), photo(1)]
