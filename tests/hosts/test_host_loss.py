@@ -1,6 +1,6 @@
-"""Several hosts: worker nodes in network namespaces of their own reach the one broker (and the
-data Redis) over their own links; one host is cut off mid-load, and the work it held is
-redelivered to the other with nothing lost.
+"""Several hosts: worker nodes in network namespaces of their own reach the one broker, the data
+Redis and the feed shards over their own links; one host is cut off mid-load, and the work it
+held is redelivered to the other with nothing lost.
 
 Skips, saying why, where namespaces cannot be made (not root, no iproute2).
 """
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,50 +23,103 @@ from tests.support.workers import FAST_REDELIVERY, wait_for
 from workers.embedded_redis import EmbeddedRedis
 from workers.launcher import WorkerProcess
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif((why := netns.can_make_namespaces()) is not None,
+                                 reason=f"no network namespaces here: {why}")]
 
-TASKS = 40  # diag.sleep(0.4) each: several seconds of work for the two hosts
-WHY_NOT = netns.can_make_namespaces()
+ENV = {**FAST_REDELIVERY, "FARM_INFLIGHT_HEARTBEAT": "5"}
+Hosts = list[tuple[netns.Host, WorkerProcess]]
 
 
-@pytest.mark.skipif(WHY_NOT is not None, reason=f"no network namespaces here: {WHY_NOT}")
+@contextmanager
+def two_hosts(servers: list[EmbeddedRedis], profile: str, tmp_path: Path,
+              env: Callable[[netns.Host], dict[str, str]],
+              queues: list[str] | None = None) -> Iterator[Hosts]:
+    """A ``profile`` worker node on each of two hosts, ready; killed and removed after."""
+    started: Hosts = []
+    with netns.hosts(2, [s.port or 0 for s in servers]) as made:
+        try:
+            for host in made:
+                w = WorkerProcess(profile, tmp_path / f"{host.ns}.log",
+                                  {**os.environ, **ENV, **env(host)}, concurrency=2,
+                                  node=host.ns, queues=queues)
+                w.argv = host.wrap(w.argv)
+                started.append((host, w.start()))
+            for _, w in started:
+                w.wait_ready(60)
+            yield started
+        finally:
+            for _, w in started:
+                w.kill()
+
+
+def redis_env(server: EmbeddedRedis) -> Callable[[netns.Host], dict[str, str]]:
+    pw, port = server.password, server.port or 0
+    return lambda h: {"FARM_BROKER_URL": h.redis_url(pw, port, BROKER_DB),
+                      "FARM_REDIS_URL": h.redis_url(pw, port, DATA_DB)}
+
+
 def test_a_host_cut_off_mid_load_loses_nothing(redis_server: EmbeddedRedis,
                                                data: redis.Redis, tmp_path: Path) -> None:
-    env = {**FAST_REDELIVERY, "FARM_INFLIGHT_HEARTBEAT": "5"}
-    workers: list[WorkerProcess] = []
-    with netns.hosts(2, redis_server.port or 0) as (doomed, survivor):
-        try:
-            for host in (doomed, survivor):
-                w = WorkerProcess("batch", tmp_path / f"{host.ns}.log", {
-                    **os.environ, **env,
-                    "FARM_BROKER_URL": host.redis_url(redis_server.password, BROKER_DB),
-                    "FARM_REDIS_URL": host.redis_url(redis_server.password, DATA_DB),
-                }, concurrency=2, node=host.ns)
-                w.argv = host.wrap(w.argv)
-                workers.append(w.start())
-            for w in workers:
-                w.wait_ready(60)
-            for i in range(TASKS):
-                app.send_task("diag.sleep", args=[0.4, f"h{i}"])
-
-            def done_by(w: WorkerProcess) -> int:
-                return w.log().count("task=diag.sleep id=")
-
-            # The fault at a chosen point: the doomed host has finished two tasks, so it holds
-            # more (running and prefetched) and the queue is far from drained.
-            wait_for(lambda: done_by(workers[0]) >= 2, timeout=60, what="the doomed host at work")
-            doomed.cut()
-            cut_at = time.monotonic()
-            finished = wait_for(
-                lambda: all(data.llen(f"farm:diag:h{i}") for i in range(TASKS)),
-                timeout=90, what="every task to finish somewhere")
-            took = time.monotonic() - cut_at
-        finally:
-            for w in workers:
-                w.kill()
-    assert finished
-    runs = [int(data.llen(f"farm:diag:h{i}")) for i in range(TASKS)]
+    tasks = 40  # diag.sleep(0.4) each: several seconds of work for the two hosts
+    with two_hosts([redis_server], "batch", tmp_path, redis_env(redis_server)) as hosts:
+        (doomed_host, doomed), _ = hosts
+        for i in range(tasks):
+            app.send_task("diag.sleep", args=[0.4, f"h{i}"])
+        # The fault at a chosen point: the doomed host has finished two tasks, so it holds more
+        # (running and prefetched) and the queue is far from drained.
+        wait_for(lambda: doomed.log().count("task=diag.sleep id=") >= 2, timeout=60,
+                 what="the doomed host at work")
+        doomed_host.cut()
+        cut_at = time.monotonic()
+        wait_for(lambda: all(data.llen(f"farm:diag:h{i}") for i in range(tasks)), timeout=90,
+                 what="every task to finish somewhere")
+        took = time.monotonic() - cut_at
+    runs = [int(data.llen(f"farm:diag:h{i}")) for i in range(tasks)]
     restored = len(data.keys("farm:deliveries:*"))  # counted only for restored messages
     assert restored >= 1, "the cut host held nothing that came back"
-    print(f"host cut off mid-load: {TASKS} tasks all done {took:.1f} s after the cut, "
+    print(f"host cut off mid-load: {tasks} tasks all done {took:.1f} s after the cut, "
           f"{restored} redelivered from the lost host, {sum(r > 1 for r in runs)} ran twice")
+
+
+def test_fan_out_over_feed_shards_survives_a_host_cut_off(
+        redis_server: EmbeddedRedis, shard_servers: list[EmbeddedRedis],
+        sharded: dict[str, str], data: redis.Redis, tmp_path: Path) -> None:
+    """Both hosts write feeds on three shards (two servers of their own and a database of the
+    session's) through their links; the doomed one is cut mid fan-out. Every follower ends with
+    every post once, in order, and every chunk is crossed off the fan-out ledger."""
+    from tasks.feeds.store import feed_store
+    from tests.feeds.test_fanout import add_followers, photo
+
+    owner, posts, followers = 1, 12, list(range(1000, 5000))
+    store = feed_store()
+    add_followers(store, owner, followers)
+    shards = [(s, 0) for s in shard_servers] + [(redis_server, 2)]  # as `sharded` lists them
+
+    def env(h: netns.Host) -> dict[str, str]:
+        urls = [h.redis_url(s.password, s.port or 0, db) for s, db in shards]
+        return {**redis_env(redis_server)(h), "FARM_FEED_SHARDS": ",".join(urls),
+                "FARM_FEED_CHUNK_SIZE": "100"}
+
+    with two_hosts([redis_server, *shard_servers], "feed", tmp_path, env,
+                   queues=["feeds", "feeds_batch"]) as hosts:
+        (doomed_host, doomed), _ = hosts
+        for n in range(1, posts + 1):
+            app.send_task("feeds.fanout", kwargs={"photo_id": photo(n), "owner_id": owner})
+        wait_for(lambda: doomed.log().count("task=feeds.fanout_chunk id=") >= 40, timeout=60,
+                 what="the doomed host mid fan-out")
+        doomed_host.cut()
+        cut_at = time.monotonic()
+        expected = [photo(n) for n in range(posts, 0, -1)]
+
+        def complete() -> bool:
+            return all(len(store.feed_page(u, limit=posts + 1)) == posts for u in followers)
+
+        wait_for(complete, timeout=90, interval=0.5, what="every follower's every post")
+        took = time.monotonic() - cut_at
+        wait_for(lambda: not data.keys("farm:fanout_pending:*"), timeout=30,
+                 what="the fan-out ledger to empty")
+    assert all(store.feed_page(u, limit=posts + 1) == expected for u in followers)
+    print(f"host cut off mid fan-out: {posts} posts x {len(followers)} followers on 3 shards, "
+          f"complete {took:.1f} s after the cut, "
+          f"{len(data.keys('farm:deliveries:*'))} chunks restored by the visibility timeout")

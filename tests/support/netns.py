@@ -1,5 +1,6 @@
-"""Hosts for the tests: Linux network namespaces, each joined to this one by a veth pair, and a
-TCP forwarder on this side of each pair to the session's Redis (which listens on loopback only).
+"""Hosts for the tests: Linux network namespaces, each joined to this one by a veth pair, and
+TCP forwarders on this side of each pair to the session's Redis servers (which listen on
+loopback only).
 
 A worker started with ``ip netns exec`` reaches Redis only through its namespace's link, so
 ``Host.cut()`` (the link down, inside the namespace) partitions it as a lost machine or a pulled
@@ -82,20 +83,20 @@ class Forwarder:
 
 @dataclass
 class Host:
-    """One namespace: ``ns``, its address, and the forwarder that is its way to Redis."""
+    """One namespace: ``ns``, its address, and its forwarders (server port -> the forwarder that
+    is the host's way to that server)."""
 
     ns: str
     n: int
-    forwarder: Forwarder | None = None
-    links: list[str] = field(default_factory=list)
+    forwarders: dict[int, Forwarder] = field(default_factory=dict)
 
     @property
     def gateway(self) -> str:
         return f"{SUBNET}.{self.n}.1"
 
-    def redis_url(self, password: str, db: int) -> str:
-        assert self.forwarder is not None
-        return f"redis://:{password}@{self.gateway}:{self.forwarder.port}/{db}"
+    def redis_url(self, password: str, port: int, db: int) -> str:
+        """The URL that reaches 127.0.0.1:``port``, database ``db``, from inside this host."""
+        return f"redis://:{password}@{self.gateway}:{self.forwarders[port].port}/{db}"
 
     def wrap(self, argv: list[str]) -> list[str]:
         """``argv`` run inside this host."""
@@ -107,9 +108,10 @@ class Host:
 
 
 @contextlib.contextmanager
-def hosts(count: int, redis_port: int) -> Iterator[list[Host]]:
-    """``count`` namespaces, each linked to this one and forwarded to the Redis on
-    127.0.0.1:``redis_port``; everything removed after (deleting a namespace deletes its link)."""
+def hosts(count: int, redis_ports: list[int]) -> Iterator[list[Host]]:
+    """``count`` namespaces, each linked to this one and forwarded to the Redis servers on
+    127.0.0.1:``redis_ports``; everything removed after (deleting a namespace deletes its
+    link)."""
     made: list[Host] = []
     tag = os.getpid() % 10000
     try:
@@ -125,11 +127,11 @@ def hosts(count: int, redis_port: int) -> Iterator[list[Host]]:
             _ip("addr", "add", f"{SUBNET}.{n}.2/24", "dev", f"pfn{n}", ns=host.ns)
             _ip("link", "set", f"pfn{n}", "up", ns=host.ns)
             _ip("link", "set", "lo", "up", ns=host.ns)
-            host.forwarder = Forwarder(host.gateway, redis_port)
+            host.forwarders = {p: Forwarder(host.gateway, p) for p in redis_ports}
         yield made
     finally:
         for host in made:
-            if host.forwarder is not None:
-                host.forwarder.close()
+            for forwarder in host.forwarders.values():
+                forwarder.close()
             subprocess.run(["ip", "netns", "del", host.ns], capture_output=True)
             subprocess.run(["ip", "link", "del", f"pfh{host.n}"], capture_output=True)
