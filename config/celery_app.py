@@ -12,6 +12,7 @@ from kombu import Exchange, Queue
 from kombu.transport import TRANSPORT_ALIASES
 
 from config.queues import QUEUES, celery_routes
+from config.rabbitmq import amqp_config, is_amqp, whole_second_delay
 from config.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -28,6 +29,15 @@ TASK_MODULES = tuple(f"tasks.{domain}.tasks" for domain in (
 
 
 def celery_config(s: Settings) -> dict[str, Any]:
+    """The configuration for the broker FARM_BROKER_URL names: Redis (below) or RabbitMQ, which
+    overrides the Redis-only parts (config/rabbitmq.py)."""
+    conf = redis_config(s)
+    if is_amqp(s.broker_url):
+        conf.update(amqp_config(s))
+    return conf
+
+
+def redis_config(s: Settings) -> dict[str, Any]:
     exchange = Exchange("farm", type="direct")
     return {
         "broker_url": s.broker_url,
@@ -99,6 +109,7 @@ class FarmCelery(Celery):
     arguments must be small JSON before it is published."""
 
     strict_arg_bytes: int | None = None
+    whole_second_delays = False  # RabbitMQ's native delayed delivery (config/rabbitmq.py)
 
     def send_task(self, name: str, args: Sequence[Any] | None = None,
                   kwargs: dict[str, Any] | None = None, *more: Any,
@@ -109,6 +120,8 @@ class FarmCelery(Celery):
         # When it was sent, for the queue-wait histogram and the oldest message's age (metrics):
         # protocol 2 carries no send time. A retry gets its own.
         options["headers"] = {**(options.get("headers") or {}), "farm_sent": round(time.time(), 3)}
+        if self.whole_second_delays:
+            whole_second_delay(options)
         if self.strict_arg_bytes is not None:
             from config.messages import check_small_json
 
@@ -134,6 +147,7 @@ def make_app(s: Settings | None = None) -> FarmCelery:
     celery.conf.update(celery_config(s))
     # Sentry's habit: in tests every published message proves its arguments are small JSON.
     celery.strict_arg_bytes = s.max_arg_bytes if s.strict_args else None
+    celery.whole_second_delays = is_amqp(s.broker_url)
     return celery
 
 

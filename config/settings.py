@@ -268,8 +268,9 @@ def _check_url(s: Settings, name: str, schemes: tuple[str, ...], url: str | None
 
 
 def _validate(s: Settings) -> None:
-    # kombu has no unix:// transport: the broker is reached over TCP (or TLS).
-    _check_url(s, "broker_url", ("redis", "rediss"))
+    # kombu has no unix:// transport: the broker is Redis over TCP (or TLS), or RabbitMQ
+    # (amqp://user:password@host:port/vhost, amqps:// for TLS; config/rabbitmq.py).
+    _check_url(s, "broker_url", ("redis", "rediss", "amqp", "amqps"))
     _check_url(s, "redis_url", ("redis", "rediss", "unix"))
     if s.result_url:
         _check_url(s, "result_url", ("redis", "rediss", "unix"))

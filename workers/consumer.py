@@ -1,4 +1,5 @@
 """The worker's consumer: Celery's, except that no message it cannot run is dropped unseen.
+Long because it holds the screen every message passes and both brokers' dead-letter sweeps.
 
 Celery discards a message it cannot decode, whose task it does not know, or that breaks its
 protocol, with one log line (holding the whole body and headers). Here each becomes a dead letter
@@ -36,8 +37,10 @@ from celery.utils.saferepr import saferepr
 from celery.worker.consumer.consumer import Consumer
 from kombu.exceptions import ContentDisallowed
 
+from config.rabbitmq import declare_all, declare_deadletter, is_amqp
 from config.settings import get_settings
 from tasks.core import metrics, prom
+from tasks.core.amqp_deadletter import adopt_dead_lettered
 from tasks.core.deadletter import DeadLetter, DeadLetterStore, adopt_unparsable
 from tasks.core.redis import data_redis
 from tasks.core.text import clip, printable, safe
@@ -72,12 +75,31 @@ class FarmConsumer(BatchedEvents, Consumer):
         super().__init__(*args, **kwargs)
         self._sweeping = False
         self._broker: redis.Redis | None = None
-        # What reliable fetch set aside never reaches a handler here: moved into the store on a
-        # timer (and by `farm stats`/`farm deadletter`), so it is counted and listed all the same.
-        self.timer.call_repeatedly(UNPARSABLE_SWEEP, self._adopt_unparsable)
+        self._amqp: Any = None  # RabbitMQ: a connection of the sweep's own
+        if is_amqp(get_settings().broker_url):
+            # What RabbitMQ dead-lettered (delivery limit, rejected) is moved into the store on a
+            # timer, as reliable fetch's set-aside messages are on Redis; the first soon after
+            # start, so what piled up while no worker ran is counted at once.
+            self.timer.call_after(1.0, self._adopt_dead_lettered)
+            self.timer.call_repeatedly(UNPARSABLE_SWEEP, self._adopt_dead_lettered)
+        else:
+            # What reliable fetch set aside never reaches a handler here: moved into the store on
+            # a timer (and by `farm stats`/`farm deadletter`), so it is counted and listed too.
+            self.timer.call_repeatedly(UNPARSABLE_SWEEP, self._adopt_unparsable)
+
+    def connect(self) -> Any:
+        """Celery's, and on RabbitMQ the farm's dead-letter exchange and queue and every farm
+        queue declared first (config/rabbitmq.py: declare_all)."""
+        conn = super().connect()
+        s = get_settings()
+        if is_amqp(s.broker_url):
+            declare_all(conn.default_channel, s)
+        return conn
 
     def shutdown(self) -> None:
         self.flush_buffered_events()
+        if self._amqp is not None:
+            self._amqp.release()
         super().shutdown()
 
     # -- Celery's handlers for what it cannot run --------------------------------------------
@@ -154,6 +176,33 @@ class FarmConsumer(BatchedEvents, Consumer):
                           "set aside by reliable fetch", moved)
         except Exception as exc:  # tried again at the next sweep
             log.warning("set-aside messages not moved yet: %s", safe(str(exc), 300))
+        finally:
+            self._sweeping = False
+
+
+    def _adopt_dead_lettered(self) -> None:
+        if self._sweeping:
+            return
+        self._sweeping = True
+        try:
+            if self._amqp is None:
+                self._amqp = self.app.connection_for_write()
+                declare_deadletter(self._amqp.default_channel)
+            moved, taken = adopt_dead_lettered(self._amqp.default_channel,
+                                               DeadLetterStore(data_redis(), get_settings()))
+            if taken > len(moved):
+                log.info("broker dead letters acked=%d already recorded (by this consumer, "
+                         "before it rejected them)", taken - len(moved))
+            for entry in moved:
+                prom.dead_lettered(entry.task, entry.reason)
+                log.error("task deadletter reason=%s id=%s task=%s queue=%s: dead-lettered by "
+                          "RabbitMQ", entry.reason, safe(entry.id, MAX_NAME),
+                          safe(entry.task, MAX_NAME) or "-", safe(entry.queue, 64))
+        except Exception as exc:  # a fresh connection, and tried again at the next sweep
+            log.warning("broker dead letters not moved yet: %s", safe(str(exc), 300))
+            if self._amqp is not None:
+                self._amqp.release()
+            self._amqp = None
         finally:
             self._sweeping = False
 

@@ -37,6 +37,8 @@ from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.registry import Collector
 
 from config.queues import QUEUES
+from config.rabbitmq import is_amqp
+from config.rabbitmq import queue_depths as amqp_queue_depths
 from config.settings import Settings
 from tasks.core.deadletter import DeadLetterStore
 from tasks.core.redis import data_redis
@@ -64,11 +66,14 @@ class BrokerCollector(Collector):
 
     def __init__(self, s: Settings) -> None:
         self.s = s
-        self.broker = redis.Redis.from_url(s.broker_url, socket_timeout=BROKER_TIMEOUT,
-                                           socket_connect_timeout=BROKER_TIMEOUT)
+        self.broker = None if is_amqp(s.broker_url) else redis.Redis.from_url(
+            s.broker_url, socket_timeout=BROKER_TIMEOUT, socket_connect_timeout=BROKER_TIMEOUT)
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("farm_broker_up", "1 when the broker answered this scrape")
+        if self.broker is None:
+            yield from self._collect_amqp(up)
+            return
         try:
             pipe = self.broker.pipeline(transaction=False)
             for q in QUEUES:
@@ -92,6 +97,28 @@ class BrokerCollector(Collector):
             age.add_metric([q], oldest_age(answers[2 * i + 1], now))
         yield depth
         yield age
+        yield from self._deadletters()
+
+    def _collect_amqp(self, up: GaugeMetricFamily) -> Iterator[Metric]:
+        """RabbitMQ: depths by passive declares; no oldest age (it would mean taking the message
+        off the queue to read its send stamp)."""
+        try:
+            depths = amqp_queue_depths(self.s.broker_url, QUEUES, timeout=BROKER_TIMEOUT)
+        except Exception as exc:
+            log.warning("metrics: broker unreadable: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        depth = GaugeMetricFamily("farm_queue_depth", "Messages waiting in the queue",
+                                  labels=["queue"])
+        for q, n in depths.items():
+            depth.add_metric([q], float(n))
+        yield depth
+        yield from self._deadletters()
+
+    def _deadletters(self) -> Iterator[Metric]:
         try:
             stored = DeadLetterStore(data_redis(), self.s).count()
         except redis.RedisError as exc:

@@ -35,7 +35,9 @@ def test_values_are_typed() -> None:
 @pytest.mark.parametrize(("env", "message"), [
     ({"FARM_TASK_TIME_LIMIT": "ten"}, "FARM_TASK_TIME_LIMIT: must be an integer, got 'ten'"),
     ({"FARM_STRICT_ARGS": "maybe"}, "FARM_STRICT_ARGS: must be true or false"),
-    ({"FARM_BROKER_URL": "amqp://x"}, "FARM_BROKER_URL: must be a redis://"),
+    ({"FARM_BROKER_URL": "sqs://x"}, "FARM_BROKER_URL: must be a redis://"),
+    ({"FARM_BROKER_URL": "amqp://u:p@rabbit:none/farm"}, "FARM_BROKER_URL: the port must be"),
+    ({"FARM_BROKER_URL": "amqps://u:p@:5671/farm"}, "FARM_BROKER_URL: needs a host"),
     ({"FARM_STORAGE_URL": "ftp://x"}, "FARM_STORAGE_URL: must be s3://"),
     ({"FARM_IO_PROCS": "0"}, "FARM_IO_PROCS: must be positive"),
     ({"FARM_LOG_LEVEL": "LOUD"}, "FARM_LOG_LEVEL: must be DEBUG"),
@@ -68,6 +70,19 @@ def test_wrong_values_name_the_variable(env: dict[str, str], message: str) -> No
         load(**env)
     assert str(err.value).startswith(message)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("url", ["amqp://farm:pw@rabbit.internal:5672/photofarm",
+                                 "amqps://farm:pw@10.0.0.5:5671/photofarm", "amqp://rabbit"])
+def test_rabbitmq_broker_urls_are_accepted(url: str) -> None:
+    assert load(FARM_BROKER_URL=url).broker_url == url
+
+
+def test_broker_password_is_redacted_in_errors() -> None:
+    with pytest.raises(SettingsError) as err:
+        load(FARM_BROKER_URL="amqp://farm:hunter2@rabbit:99999/photofarm")
+    assert "hunter2" not in str(err.value)
+    assert "amqp://***@rabbit:99999/photofarm" in str(err.value)
 
 
 def test_dotenv_is_read_and_environment_wins(tmp_path: Path) -> None:

@@ -16,7 +16,9 @@ from datetime import UTC, datetime
 
 import redis
 
+from config.rabbitmq import is_amqp
 from config.settings import get_settings
+from tasks.core.amqp_deadletter import adopt_from_broker
 from tasks.core.deadletter import DeadLetter, DeadLetterStore, NotReplayable, adopt_unparsable
 from tasks.core.redis import data_redis
 from tasks.core.text import clip, printable
@@ -44,6 +46,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _store() -> DeadLetterStore:
     s = get_settings()
     store = DeadLetterStore(data_redis(), s)
+    if is_amqp(s.broker_url):
+        try:
+            adopt_from_broker(s.broker_url, store)
+        except Exception as exc:  # the records already stored are still worth showing
+            print(f"farm deadletter: broker not read ({printable(str(exc))})", file=sys.stderr)
+        return store
     broker = redis.Redis.from_url(s.broker_url)
     try:
         adopt_unparsable(broker, store)

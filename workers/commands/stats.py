@@ -13,8 +13,11 @@ from typing import TypedDict
 import redis
 
 from config.queues import QUEUES
+from config.rabbitmq import is_amqp
+from config.rabbitmq import queue_depths as amqp_queue_depths
 from config.settings import Settings, get_settings
 from tasks.core import metrics
+from tasks.core.amqp_deadletter import adopt_from_broker
 from tasks.core.deadletter import DeadLetterStore, adopt_unparsable
 from tasks.core.redis import data_redis
 from tasks.core.text import printable
@@ -28,7 +31,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def queue_depths(s: Settings, adopt: bool = False) -> dict[str, int]:
     """Messages waiting per queue (kombu keeps each Redis queue as a list named after it).
-    With ``adopt``, what reliable fetch set aside as not kombu's first becomes a dead letter."""
+    With ``adopt``, what reliable fetch set aside as not kombu's first becomes a dead letter.
+    On RabbitMQ: passive declares, and what the broker dead-lettered is adopted instead."""
+    if is_amqp(s.broker_url):
+        if adopt:
+            adopt_from_broker(s.broker_url, DeadLetterStore(data_redis(), s))
+        return amqp_queue_depths(s.broker_url, QUEUES)
     broker = redis.Redis.from_url(s.broker_url)
     try:
         if adopt:

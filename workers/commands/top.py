@@ -27,6 +27,7 @@ from typing import Any
 
 import redis
 
+from config.rabbitmq import is_amqp
 from config.settings import Settings, get_settings
 from tasks.core.text import safe
 from workers.top_state import Sample, Snapshot, sample, snapshot
@@ -60,9 +61,13 @@ def run(args: argparse.Namespace) -> int:
         print("farm top: not a terminal; use `farm top --once` (--json for scripts)",
               file=sys.stderr)
         return 2
+    s = get_settings()
+    if is_amqp(s.broker_url):  # it samples Redis queue lists; `farm stats` reads RabbitMQ's
+        print("farm top: queue depths need a Redis broker (FARM_BROKER_URL is RabbitMQ); "
+              "use `farm stats`", file=sys.stderr)
+        return 2
     from config.celery_app import app
 
-    s = get_settings()
     # Own clients with timeouts: a server that stops answering must not freeze the screen.
     broker = redis.Redis.from_url(s.broker_url, socket_timeout=REDIS_TIMEOUT,
                                   socket_connect_timeout=REDIS_TIMEOUT)

@@ -1,0 +1,84 @@
+"""A RabbitMQ broker for the tests: the server on 127.0.0.1:5672 when one answers, in a vhost of
+the session's own (created with rabbitmqctl, deleted at the end). Skipped, with the reason, where
+there is no rabbitmqctl, no server, or no right to add a vhost. The data Redis stays the session's
+embedded server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+from kombu import Connection
+
+from config.settings import get_settings
+
+if TYPE_CHECKING:
+    from config.celery_app import FarmCelery
+
+HOST, PORT = "127.0.0.1", 5672
+# Every test's queues share the vhost, so they share the delivery limit (a queue declared again
+# with other arguments is refused): 2 deliveries, RabbitMQ's x-delivery-limit 1.
+MAX_DELIVERIES = "2"
+
+
+def _ctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    if shutil.which("rabbitmqctl") is None:
+        pytest.skip("RabbitMQ tests need rabbitmqctl (the server's CLI) on PATH")
+    try:
+        socket.create_connection((HOST, PORT), timeout=2).close()
+    except OSError as exc:
+        pytest.skip(f"no RabbitMQ server answers on {HOST}:{PORT} ({exc})")
+    vhost = f"photofarm-test-{os.getpid()}"
+    made = _ctl("add_vhost", vhost)
+    if made.returncode != 0:
+        pytest.skip(f"rabbitmqctl add_vhost failed (run as root?): {made.stderr.strip()[:200]}")
+    try:
+        perms = _ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        assert perms.returncode == 0, perms.stderr
+        yield f"amqp://guest:guest@{HOST}:{PORT}/{vhost}"
+    finally:
+        _ctl("delete_vhost", vhost)
+
+
+@pytest.fixture
+def amqp_env(amqp_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """This process's settings on the RabbitMQ broker; the env to give workers the same."""
+    env = {"FARM_BROKER_URL": amqp_url, "FARM_MAX_DELIVERIES": MAX_DELIVERIES}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    yield env
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def amqp_app(amqp_env: dict[str, str]) -> Iterator[FarmCelery]:
+    """A Celery app configured as config/celery_app.py configures one for an amqp:// broker
+    (the module's ``app`` stays on Redis and is made current again afterwards).
+
+    Imported here, not at the top: pytest loads this file before tests/conftest.py has pointed
+    FARM_* at the session's servers, and config.celery_app builds its app when imported."""
+    from config.celery_app import app, make_app
+
+    test_app = make_app(get_settings())
+    yield test_app
+    test_app.close()
+    app.set_current()
+
+
+@pytest.fixture
+def amqp(amqp_url: str) -> Iterator[Connection]:
+    """A plain connection to the test vhost, to look at queues."""
+    with Connection(amqp_url) as conn:
+        yield conn
