@@ -179,7 +179,6 @@ class FarmConsumer(BatchedEvents, Consumer):
         finally:
             self._sweeping = False
 
-
     def _adopt_dead_lettered(self) -> None:
         if self._sweeping:
             return
@@ -194,7 +193,9 @@ class FarmConsumer(BatchedEvents, Consumer):
                 log.info("broker dead letters acked=%d already recorded (by this consumer, "
                          "before it rejected them)", taken - len(moved))
             for entry in moved:
-                prom.dead_lettered(entry.task, entry.reason)
+                # a label only for the app's own task names: a sender's are unbounded
+                prom.dead_lettered(entry.task if entry.task in self.app.tasks else "-",
+                                   entry.reason)
                 log.error("task deadletter reason=%s id=%s task=%s queue=%s: dead-lettered by "
                           "RabbitMQ", entry.reason, safe(entry.id, MAX_NAME),
                           safe(entry.task, MAX_NAME) or "-", safe(entry.queue, 64))
