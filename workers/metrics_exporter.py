@@ -71,40 +71,9 @@ class BrokerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("farm_broker_up", "1 when the broker answered this scrape")
-        if self.broker is None:
-            yield from self._collect_amqp(up)
-            return
         try:
-            pipe = self.broker.pipeline(transaction=False)
-            for q in QUEUES:
-                pipe.llen(q)
-                pipe.lindex(q, -1)
-            answers: list[Any] = pipe.execute()
-        except redis.RedisError as exc:
-            log.warning("metrics: broker unreadable: %s", exc)
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
-        yield up
-        now = time.time()
-        depth = GaugeMetricFamily("farm_queue_depth", "Messages waiting in the queue",
-                                  labels=["queue"])
-        age = GaugeMetricFamily("farm_queue_oldest_age_seconds", "Age of the oldest waiting "
-                                "message (0 when the queue is empty)", labels=["queue"])
-        for i, q in enumerate(QUEUES):
-            depth.add_metric([q], float(answers[2 * i]))
-            age.add_metric([q], oldest_age(answers[2 * i + 1], now))
-        yield depth
-        yield age
-        yield from self._deadletters()
-
-    def _collect_amqp(self, up: GaugeMetricFamily) -> Iterator[Metric]:
-        """RabbitMQ: depths by passive declares; no oldest age (it would mean taking the message
-        off the queue to read its send stamp)."""
-        try:
-            depths = amqp_queue_depths(self.s.broker_url, QUEUES, timeout=BROKER_TIMEOUT)
-        except Exception as exc:
+            depths, ages = self._read_amqp() if self.broker is None else self._read_redis()
+        except Exception as exc:  # the scrape goes on: the broker is down, and it says so
             log.warning("metrics: broker unreadable: %s", exc)
             up.add_metric([], 0)
             yield up
@@ -116,7 +85,31 @@ class BrokerCollector(Collector):
         for q, n in depths.items():
             depth.add_metric([q], float(n))
         yield depth
+        if ages is not None:
+            age = GaugeMetricFamily("farm_queue_oldest_age_seconds", "Age of the oldest "
+                                    "waiting message (0 when the queue is empty)",
+                                    labels=["queue"])
+            for q, seconds in ages.items():
+                age.add_metric([q], seconds)
+            yield age
         yield from self._deadletters()
+
+    def _read_redis(self) -> tuple[dict[str, int], dict[str, float] | None]:
+        """Depths and the oldest message's age per queue, in one pipeline."""
+        assert self.broker is not None
+        pipe = self.broker.pipeline(transaction=False)
+        for q in QUEUES:
+            pipe.llen(q)
+            pipe.lindex(q, -1)
+        answers: list[Any] = pipe.execute()
+        now = time.time()
+        return ({q: int(answers[2 * i]) for i, q in enumerate(QUEUES)},
+                {q: oldest_age(answers[2 * i + 1], now) for i, q in enumerate(QUEUES)})
+
+    def _read_amqp(self) -> tuple[dict[str, int], dict[str, float] | None]:
+        """RabbitMQ: depths by passive declares; no oldest age (it would mean taking the message
+        off the queue to read its send stamp)."""
+        return amqp_queue_depths(self.s.broker_url, QUEUES, timeout=BROKER_TIMEOUT), None
 
     def _deadletters(self) -> Iterator[Metric]:
         try:
