@@ -4,7 +4,9 @@ two samples make (rates).
 A sample costs one pipelined round trip per server, whatever the farm's size: on the broker each
 queue's depth and its oldest message (kombu LPUSHes, workers pop from the right, so the oldest is
 the list's last element), and the unacked hash's size; on the data Redis the task counters the
-task base keeps (tasks/core/metrics.py), the free-form counters and the dead-letter count.
+task base keeps (tasks/core/metrics.py), the free-form counters and the dead-letter count. On a
+RabbitMQ broker the depths come from passive declares (config/rabbitmq.py), which give neither
+the oldest message's age nor how many messages workers hold: those show as unknown.
 
 Rates are counter differences between two samples. The counters are per task, not per queue, so a
 queue's out rate is the runs that ended (ok, retry, dead letter) of the tasks routed to it
@@ -23,6 +25,7 @@ from typing import Any, TypedDict, cast
 import redis
 
 from config.queues import QUEUES, ROUTES
+from config.rabbitmq import queue_depths as amqp_queue_depths
 from config.settings import Settings
 from tasks.core import metrics
 from tasks.core.deadletter import DeadLetterStore
@@ -45,7 +48,7 @@ class Sample:
     mono: float  # monotonic clock (for rates)
     depths: dict[str, int]
     oldest_sent: dict[str, float | None]  # queue -> its oldest message's sent time, if stamped
-    inflight: int
+    inflight: int | None  # None: the broker does not say (RabbitMQ's passive declares)
     tasks: dict[str, dict[str, float]]  # task -> outcome -> runs; and "ms" -> total run time
     counters: dict[str, int]
     deadletters: int
@@ -93,17 +96,25 @@ def _int(value: Any) -> int | None:
         return None
 
 
-def sample(broker: redis.Redis, data: redis.Redis, s: Settings) -> Sample:
-    """One sample: a pipeline on the broker, then one on the data Redis (read-only on both)."""
-    pipe = broker.pipeline(transaction=False)
-    for q in QUEUES:
-        pipe.llen(q)
-        pipe.lindex(q, -1)  # the oldest: kombu LPUSHes, consumers pop from the right
-    pipe.hlen(UNACKED_KEY)
-    replies = pipe.execute()
+def sample(broker: redis.Redis | str, data: redis.Redis, s: Settings) -> Sample:
+    """One sample: the broker's queues (a Redis pipeline; or, for an amqp:// URL, RabbitMQ's
+    passive declares), then one pipeline on the data Redis (read-only on both)."""
+    if isinstance(broker, str):
+        depths = amqp_queue_depths(broker, QUEUES)
+        # RabbitMQ says how many are ready, not how old the oldest is or how many are held
+        oldest: dict[str, float | None] = dict.fromkeys(QUEUES)
+        inflight: int | None = None
+    else:
+        pipe = broker.pipeline(transaction=False)
+        for q in QUEUES:
+            pipe.llen(q)
+            pipe.lindex(q, -1)  # the oldest: kombu LPUSHes, consumers pop from the right
+        pipe.hlen(UNACKED_KEY)
+        replies = pipe.execute()
+        depths = {q: int(replies[2 * i]) for i, q in enumerate(QUEUES)}
+        oldest = {q: sent_time(replies[2 * i + 1]) for i, q in enumerate(QUEUES)}
+        inflight = int(replies[-1])
     at, mono = time.time(), time.monotonic()
-    depths = {q: int(replies[2 * i]) for i, q in enumerate(QUEUES)}
-    oldest = {q: sent_time(replies[2 * i + 1]) for i, q in enumerate(QUEUES)}
 
     pipe = data.pipeline(transaction=False)
     pipe.hgetall(metrics.metrics_key(s))
@@ -113,7 +124,7 @@ def sample(broker: redis.Redis, data: redis.Redis, s: Settings) -> Sample:
     counters = {str(k): n for k, v in cast("dict[str, str]", raw_counters).items()
                 if (n := _int(v)) is not None}
     return Sample(at=at, mono=mono, depths=depths, oldest_sent=oldest,
-                  inflight=int(replies[-1]), tasks=parse_tasks(raw_tasks), counters=counters,
+                  inflight=inflight, tasks=parse_tasks(raw_tasks), counters=counters,
                   deadletters=int(deadletters))
 
 
@@ -147,7 +158,7 @@ class Snapshot(TypedDict):
     time: float
     interval_s: float | None  # between the two samples the rates come from
     queues: dict[str, QueueView]
-    inflight: int  # delivered to a worker, not yet acked
+    inflight: int | None  # delivered to a worker, not yet acked (None: the broker does not say)
     tasks: dict[str, TaskView]
     failure_rate: float | None  # dead-lettered / finished for good, between the samples
     deadletters: int

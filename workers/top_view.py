@@ -60,7 +60,8 @@ def header(snap: Snapshot) -> Text:
     line.append("farm top", style="bold")
     line.append(f"  {time.strftime('%H:%M:%S', time.localtime(snap['time']))}")
     line.append(f"   workers {up} up")
-    line.append(f"   in flight {snap['inflight']}")
+    held = snap["inflight"]
+    line.append(f"   in flight {'-' if held is None else held}")
     line.append("   failure rate ")
     line.append_text(_percent(snap["failure_rate"]))
     line.append(f"   dead letters {snap['deadletters']:,}")

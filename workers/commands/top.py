@@ -26,6 +26,7 @@ from types import FrameType
 from typing import Any
 
 import redis
+from kombu.exceptions import KombuError
 
 from config.rabbitmq import is_amqp
 from config.settings import Settings, get_settings
@@ -62,15 +63,12 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     s = get_settings()
-    if is_amqp(s.broker_url):  # it samples Redis queue lists; `farm stats` reads RabbitMQ's
-        print("farm top: queue depths need a Redis broker (FARM_BROKER_URL is RabbitMQ); "
-              "use `farm stats`", file=sys.stderr)
-        return 2
     from config.celery_app import app
 
     # Own clients with timeouts: a server that stops answering must not freeze the screen.
-    broker = redis.Redis.from_url(s.broker_url, socket_timeout=REDIS_TIMEOUT,
-                                  socket_connect_timeout=REDIS_TIMEOUT)
+    # RabbitMQ is read by passive declares on a connection of each sample's own.
+    broker: redis.Redis | str = s.broker_url if is_amqp(s.broker_url) else redis.Redis.from_url(
+        s.broker_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT)
     data = redis.Redis.from_url(s.redis_url, decode_responses=True,
                                 socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT)
     watch = WorkerWatch(app).start()
@@ -79,11 +77,14 @@ def run(args: argparse.Namespace) -> int:
         return once(args, clients, watch) if args.once else live(args, clients, watch)
     finally:
         watch.stop()
-        broker.close()
+        if not isinstance(broker, str):
+            broker.close()
         data.close()
 
 
-Clients = tuple[Settings, redis.Redis, redis.Redis]
+Clients = tuple[Settings, redis.Redis | str, redis.Redis]
+# A server that is down or stops answering: Redis's errors, RabbitMQ's (kombu's), sockets'.
+BROKER_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, KombuError, OSError)
 
 
 def _sample(clients: Clients) -> Sample:
@@ -102,7 +103,7 @@ def once(args: argparse.Namespace, clients: Clients, watch: WorkerWatch) -> int:
             while not watch.counted() and time.time() < watch.woken_at + FULL_BEAT_WAIT:
                 time.sleep(0.05)
         snap = snapshot(_sample(clients), first, watch.workers())
-    except redis.RedisError as exc:
+    except BROKER_ERRORS as exc:
         print(f"farm top: {safe(str(exc), 300)}", file=sys.stderr)
         return 1
     if args.json:
@@ -188,7 +189,7 @@ def live(args: argparse.Namespace, clients: Clients, watch: WorkerWatch) -> int:
                     prev = samples[0] if samples else None
                     samples.append(cur)
                     view = render(snapshot(cur, prev, watch.workers()), footer=True)
-                except redis.RedisError as exc:  # keep the screen; say why it is stale
+                except BROKER_ERRORS as exc:  # keep the screen; say why it is stale
                     view = Text(f"farm top: Redis unreachable ({safe(str(exc), 200)}); "
                                 "retrying each refresh. q: quit")
                 screen.update(view, refresh=True)
