@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import cast
 
 import redis
@@ -34,10 +35,24 @@ def metrics_key(s: Settings) -> str:
     return s.key("metrics", "tasks")
 
 
-def record(pipe: redis.client.Pipeline, s: Settings, task: str, outcome: str, ms: float) -> None:
+def _fields(task: str, outcome: str) -> tuple[str, str]:
+    """The hash fields one run adds to: its outcome's count, the task's total milliseconds."""
+    return f"{task}:{outcome}", f"{task}:ms"
+
+
+def _write(pipe: redis.client.Pipeline, s: Settings, counts: Mapping[str, int],
+           ms: Mapping[str, float]) -> None:
     key = metrics_key(s)
-    pipe.hincrby(key, f"{task}:{outcome}", 1)
-    pipe.hincrbyfloat(key, f"{task}:ms", round(ms, 3))
+    for field, n in counts.items():
+        pipe.hincrby(key, field, n)
+    for field, total in ms.items():
+        pipe.hincrbyfloat(key, field, round(total, 3))
+
+
+def record(pipe: redis.client.Pipeline, s: Settings, task: str, outcome: str, ms: float) -> None:
+    """One run's counts, queued on ``pipe`` at once (eager runs, tests)."""
+    count, total = _fields(task, outcome)
+    _write(pipe, s, {count: 1}, {total: ms})
 
 
 class Tally:
@@ -50,7 +65,6 @@ class Tally:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._ms: defaultdict[str, float] = defaultdict(float)
-        self._wake = threading.Event()
         self._owner = 0  # pid whose flusher thread runs; a forked child starts its own
         os.register_at_fork(after_in_child=self._forget)
 
@@ -58,19 +72,19 @@ class Tally:
         # The parent's unwritten counts are the parent's to write (a prefork parent runs none).
         self._lock = threading.Lock()
         self._counts, self._ms, self._owner = Counter(), defaultdict(float), 0
-        self._wake = threading.Event()
 
     def add(self, task: str, outcome: str, ms: float) -> None:
+        count, total = _fields(task, outcome)
         with self._lock:
-            self._counts[f"{task}:{outcome}"] += 1
-            self._ms[f"{task}:ms"] += ms
+            self._counts[count] += 1
+            self._ms[total] += ms
             if self._owner != os.getpid():
                 self._owner = os.getpid()
                 threading.Thread(target=self._run, name="farm-metrics", daemon=True).start()
 
     def _run(self) -> None:
-        wake = self._wake
-        while not wake.wait(FLUSH_SECONDS):
+        while True:  # a daemon thread: it ends with its process (shutdown flushes first)
+            time.sleep(FLUSH_SECONDS)
             self.flush()
 
     def flush(self) -> None:
@@ -81,11 +95,7 @@ class Tally:
             return
         try:
             pipe = self._client().pipeline()  # all of them or none: no count twice
-            key = metrics_key(self._settings())
-            for field, n in counts.items():
-                pipe.hincrby(key, field, n)
-            for field, total in ms.items():
-                pipe.hincrbyfloat(key, field, round(total, 3))
+            _write(pipe, self._settings(), counts, ms)
             pipe.execute()
         except (redis.RedisError, OSError) as exc:  # kept for the next flush
             with self._lock:

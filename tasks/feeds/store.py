@@ -21,11 +21,12 @@ both limits); photo ids are only ever list members.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import pairwise
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
+import numpy.typing as npt
 import redis
 from redis.exceptions import NoScriptError
 
@@ -38,6 +39,8 @@ from tasks.feeds import celebrities
 from tasks.feeds.sharding import jump_hash, jump_hash_many
 
 FOLLOWER_BOUNDS = Script(__package__, "follower_bounds.lua")
+
+T = TypeVar("T")
 
 
 class FeedStore:
@@ -109,20 +112,22 @@ class FeedStore:
     def by_shard(self, uids: Iterable[int]) -> dict[int, list[int]]:
         """Shard index -> the given users on it, in the order given."""
         users = list(uids)
-        if len(self.shards) == 1:
-            return {0: users} if users else {}
-        shard = jump_hash_many(np.array(users, dtype=np.uint64), len(self.shards))
-        return {int(i): [users[j] for j in np.flatnonzero(shard == i).tolist()]
-                for i in np.unique(shard)}
+        return self._grouped(users, lambda: np.array(users, dtype=np.uint64))
 
     def split_by_shard(self, ids: str) -> dict[int, list[str]]:
         """Shard index -> the users of ``ids`` (comma-joined decimal ids, as the select script
         gives them) on it, in the order given: parsed and hashed for the whole chunk at once."""
         parts = ids.split(",") if ids else []
-        if len(self.shards) == 1 or not parts:
-            return {0: parts} if parts else {}
-        shard = jump_hash_many(np.fromstring(ids, dtype=np.uint64, sep=","), len(self.shards))
-        return {int(i): [parts[j] for j in np.flatnonzero(shard == i).tolist()]
+        return self._grouped(parts, lambda: np.fromstring(ids, dtype=np.uint64, sep=","))
+
+    def _grouped(self, items: list[T], keys: Callable[[], npt.NDArray[np.uint64]]
+                 ) -> dict[int, list[T]]:
+        """Shard index -> ``items`` on it, in their order; ``keys()`` gives their user ids
+        (needed only with several shards)."""
+        if len(self.shards) == 1 or not items:
+            return {0: items} if items else {}
+        shard = jump_hash_many(keys(), len(self.shards))
+        return {int(i): [items[j] for j in np.flatnonzero(shard == i).tolist()]
                 for i in np.unique(shard)}
 
     # the web tier's reads
