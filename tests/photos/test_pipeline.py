@@ -27,6 +27,7 @@ from tasks.core.deadletter import DeadLetterStore
 from tasks.photos.records import PhotoRecords
 from tests.support import corpus
 from tests.support.s3_server import KEY_ID, REGION, SECRET, FaultProxy, MotoS3
+from tests.support.settings import settings_env
 from tests.support.workers import WorkerFactory, wait_for
 from workers.cli import main as farm
 
@@ -43,13 +44,8 @@ def s3_env(moto: MotoS3, bucket: str, endpoint: str | None = None) -> dict[str, 
 @pytest.fixture
 def s3(moto_s3: MotoS3, s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
     """This process's settings pointed at a fresh bucket (as the workers' will be)."""
-    env = s3_env(moto_s3, s3_bucket)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    yield env
-    monkeypatch.undo()
-    get_settings.cache_clear()
+    with settings_env(monkeypatch, s3_env(moto_s3, s3_bucket)) as env:
+        yield env
 
 
 def upload(key: str, data: bytes) -> None:

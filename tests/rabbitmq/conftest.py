@@ -16,6 +16,7 @@ import pytest
 from kombu import Connection
 
 from config.settings import get_settings
+from tests.support.settings import settings_env
 
 if TYPE_CHECKING:
     from config.celery_app import FarmCelery
@@ -54,12 +55,8 @@ def amqp_url() -> Iterator[str]:
 def amqp_env(amqp_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """This process's settings on the RabbitMQ broker; the env to give workers the same."""
     env = {"FARM_BROKER_URL": amqp_url, "FARM_MAX_DELIVERIES": MAX_DELIVERIES}
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    yield env
-    monkeypatch.undo()
-    get_settings.cache_clear()
+    with settings_env(monkeypatch, env):
+        yield env
 
 
 @pytest.fixture
