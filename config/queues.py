@@ -8,6 +8,7 @@ Task names are stable strings; the web tier sends by name and never imports work
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 
@@ -75,3 +76,14 @@ def check_queues(names: list[str]) -> list[str]:
     if unknown:
         raise ValueError(f"unknown queue(s) {', '.join(unknown)}; known: {', '.join(QUEUES)}")
     return names
+
+
+# RabbitMQ's delayed delivery (kombu's native_delayed_delivery, a retry's countdown) routes a
+# message with its delay's 28 bits in front of the queue's key: "0.0.[...].1.maintenance".
+_DELAY_BITS = re.compile(r"(?:[01]\.){28}")
+
+
+def queue_of(routing_key: str) -> str:
+    """The queue a message was routed to, from its routing key (a delayed message's too)."""
+    m = _DELAY_BITS.match(routing_key)
+    return routing_key[m.end():] if m else routing_key

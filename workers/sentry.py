@@ -32,6 +32,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from config.queues import queue_of
 from config.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -140,7 +141,7 @@ def _tag_task(task: Any = None, args: Any = None, kwargs: Any = None, **_: Any) 
     named = named_args(task, args or (), kwargs or {})
     scope = sentry_sdk.get_isolation_scope()
     delivery = req.delivery_info or {}
-    queue = delivery.get("routing_key")
+    queue = queue_of(str(delivery.get("routing_key") or ""))
     if not queue:
         from config.queues import ROUTES
         queue = ROUTES.get(task.name, "")

@@ -33,7 +33,7 @@ from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 from celery.utils.saferepr import saferepr
 
 from config.celery_app import app
-from config.queues import queue_for
+from config.queues import queue_for, queue_of
 from config.settings import get_settings
 from tasks.core import metrics, prom, timing, validation
 from tasks.core.backoff import retry_delay
@@ -243,7 +243,7 @@ class FarmTask(Task[P, R]):
         entry = DeadLetter(
             id=req.id or "",
             task=self.name,
-            queue=delivery.get("routing_key") or queue_for(self.name),
+            queue=queue_of(delivery.get("routing_key") or "") or queue_for(self.name),
             # Arguments too big (or not JSON) are kept as their start and size: one message
             # must not write megabytes into the store; such a record cannot be replayed.
             args=list(args) if fits else [],

@@ -106,9 +106,13 @@ def crosspost(photo_id: int, owner_id: int, network: str, caption: str = "") -> 
     lock_key = posts.lock_key(photo_id, network)
     lock = try_lock(r, lock_key, s.task_time_limit)  # no run outlives its hard time limit
     if lock is None:
-        raise TransientError(f"another attempt at {network} for photo {photo_id} is running "
-                             f"({holder(r, lock_key) or 'just finished'})",
-                             retry_after=s.social_timeout)
+        # A wait, not a failure (its retries are not used up): the holder finishes, or it died
+        # and its lock expires. RabbitMQ redelivers a dead worker's message at once, while the
+        # lock lives on for up to the time limit.
+        left = max(0.1, r.pttl(lock_key) / 1000)
+        raise RateLimited(f"another attempt at {network} for photo {photo_id} is running "
+                          f"({holder(r, lock_key) or 'just finished'})",
+                          retry_after=min(left, s.social_timeout))
     try:
         return _post(s, posts, accounts, account, photo_id, image, caption,
                      unknown_before=pending is not None)

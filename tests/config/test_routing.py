@@ -74,3 +74,14 @@ def test_worker_cli_refuses_unknown_profiles_and_queues(argv: list[str], message
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert out.stderr.startswith(f"farm worker: {message}")
+
+
+def test_a_delayed_messages_routing_key_names_its_queue() -> None:
+    from kombu.transport.native_delayed_delivery import calculate_routing_key
+
+    from config.queues import queue_of
+
+    assert queue_of(calculate_routing_key(7, "maintenance")) == "maintenance"
+    assert queue_of(calculate_routing_key(2**28 - 1, "feeds_batch")) == "feeds_batch"
+    assert queue_of("photos") == "photos" and queue_of("") == ""
+    assert queue_of("1.0.photos") == "1.0.photos"  # not 28 bits: not a delay

@@ -20,6 +20,7 @@ def runs(data: redis.Redis, marker: str) -> list[str]:
     return list(data.lrange(f"farm:diag:{marker}", 0, -1))
 
 
+@pytest.mark.redis_broker
 def test_the_farm_consumes_through_reliable_fetch() -> None:
     with app.connection_for_read() as conn:
         assert type(conn.transport).__module__ == "config.reliable_redis"

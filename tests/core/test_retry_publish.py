@@ -15,7 +15,8 @@ from config.celery_app import app
 from tests.support.workers import FAST_REDELIVERY, WorkerFactory, wait_for
 from workers.embedded_redis import EmbeddedRedis
 
-pytestmark = pytest.mark.integration
+# Writes refused by the Redis broker (a replica, a failover): Redis's own behaviour.
+pytestmark = [pytest.mark.integration, pytest.mark.redis_broker]
 
 USER, PASSWORD = "farmworker", "worker-secret"
 

@@ -13,6 +13,7 @@ from tasks.feeds.fanout import fan_out
 from tasks.feeds.follows import backfill
 from tasks.feeds.store import FeedStore, feed_store
 from tests.feeds.test_fanout import add_followers, configure, photo, run_queued
+from tests.support.broker_queues import BrokerQueues
 
 pytestmark = pytest.mark.integration
 
@@ -20,11 +21,11 @@ STAR, PLAIN = 1, 2  # a celebrity-to-be and an ordinary owner
 FANS = list(range(100, 112))  # 12 followers of the star; the line is 10 in these tests
 
 
-def post(store: FeedStore, broker: redis.Redis, n: int, owner: int) -> dict[str, object]:
+def post(store: FeedStore, queues: BrokerQueues, n: int, owner: int) -> dict[str, object]:
     """Post photo n as the farm does: fan_out, then every chunk it sent, run in order."""
     summary = fan_out(photo(n), owner)
-    run_queued(broker, "feeds")
-    run_queued(broker, "feeds_batch")
+    run_queued(queues, "feeds")
+    run_queued(queues, "feeds_batch")
     return summary
 
 
@@ -45,14 +46,14 @@ def feeds(request: pytest.FixtureRequest, data: redis.Redis,
 
 
 def test_a_celebrity_post_is_read_not_written_and_merges_in_order(
-        feeds: FeedStore, broker: redis.Redis) -> None:
+        feeds: FeedStore, queues: BrokerQueues) -> None:
     add_followers(feeds, STAR, FANS)
     add_followers(feeds, PLAIN, FANS[:4])
-    post(feeds, broker, 1, PLAIN)
-    summary = post(feeds, broker, 2, STAR)
+    post(feeds, queues, 1, PLAIN)
+    summary = post(feeds, queues, 2, STAR)
     assert summary == {"deleted": False, "followers": 12, "chunks": 0, "on_read": True}
-    assert broker.llen("feeds") == 0 and broker.llen("feeds_batch") == 0  # no chunk at all
-    post(feeds, broker, 3, PLAIN)
+    assert queues.depth("feeds") == 0 and queues.depth("feeds_batch") == 0  # no chunk at all
+    post(feeds, queues, 3, PLAIN)
     assert celebrities(feeds) == {STAR: "on"}
     # Readable by every follower at once, in id order with the fanned-out posts.
     assert feeds.feed_page(FANS[0]) == [photo(3), photo(2), photo(1)]
@@ -75,11 +76,11 @@ def test_a_celebrity_post_is_read_not_written_and_merges_in_order(
 
 
 def test_pages_through_a_merged_feed_with_a_cursor_and_a_cap(
-        feeds: FeedStore, broker: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+        feeds: FeedStore, queues: BrokerQueues, monkeypatch: pytest.MonkeyPatch) -> None:
     add_followers(feeds, STAR, FANS)
     add_followers(feeds, PLAIN, FANS[:1])
     for n in range(1, 21):
-        post(feeds, broker, n, STAR if n % 3 else PLAIN)
+        post(feeds, queues, n, STAR if n % 3 else PLAIN)
     everything = [photo(n) for n in range(20, 0, -1)]
     assert feeds.feed_page(FANS[0], limit=50) == everything
     pages, before = [], None
@@ -90,52 +91,52 @@ def test_pages_through_a_merged_feed_with_a_cursor_and_a_cap(
     # A full feed shows nothing older than its oldest entry, as if those had been trimmed.
     configure(monkeypatch, celebrity_followers=10, feed_chunk_size=5, feed_cap=3)
     for n in range(21, 25):
-        post(feeds, broker, n, PLAIN)  # the plain owner's feed list: 24, 23, 22 (capped)
+        post(feeds, queues, n, PLAIN)  # the plain owner's feed list: 24, 23, 22 (capped)
     assert feeds.feed_page(FANS[0], limit=50) == [photo(24), photo(23), photo(22)]
-    post(feeds, broker, 25, STAR)
+    post(feeds, queues, 25, STAR)
     assert feeds.feed_page(FANS[0], limit=50) == [photo(25), photo(24), photo(23), photo(22)]
 
 
 def test_crossing_the_line_either_way_shows_each_post_once(
-        feeds: FeedStore, broker: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+        feeds: FeedStore, queues: BrokerQueues, monkeypatch: pytest.MonkeyPatch) -> None:
     configure(monkeypatch, celebrity_followers=10, feed_chunk_size=5, posts_cap=4)
     fan = FANS[0]
     add_followers(feeds, STAR, FANS[:6])
-    assert "on_read" not in post(feeds, broker, 1, STAR)  # 6 followers: written
+    assert "on_read" not in post(feeds, queues, 1, STAR)  # 6 followers: written
     add_followers(feeds, STAR, FANS[6:])
-    assert post(feeds, broker, 2, STAR)["on_read"] is True  # 12: read; 1 is in both places
+    assert post(feeds, queues, 2, STAR)["on_read"] is True  # 12: read; 1 is in both places
     assert feeds.feed_page(fan) == [photo(2), photo(1)]
     unfollow_all(feeds, STAR, FANS[6:9])  # 9 followers: under the line, not under half of it
-    assert post(feeds, broker, 3, STAR)["on_read"] is True
+    assert post(feeds, queues, 3, STAR)["on_read"] is True
     unfollow_all(feeds, STAR, FANS[9:])  # 6: still over half (5)
-    assert post(feeds, broker, 4, STAR)["on_read"] is True
+    assert post(feeds, queues, 4, STAR)["on_read"] is True
     unfollow_all(feeds, STAR, FANS[5:6])  # 5 followers, half the line: stays
-    assert post(feeds, broker, 5, STAR)["on_read"] is True
+    assert post(feeds, queues, 5, STAR)["on_read"] is True
     unfollow_all(feeds, STAR, FANS[4:5])  # 4: below half, written again from this post on
-    assert "on_read" not in post(feeds, broker, 6, STAR)
+    assert "on_read" not in post(feeds, queues, 6, STAR)
     assert celebrities(feeds) == {STAR: str(photo(6))}
     # 2-5 only in the posts list, 1 and 6 in the feed too: each once.
     assert feeds.feed_page(fan) == [photo(n) for n in (6, 5, 4, 3, 1)]
     assert feeds.shard_for(fan).lrange(feeds.feed_key(fan), 0, -1) == [str(photo(6)),
                                                                        str(photo(1))]
-    post(feeds, broker, 7, STAR)
+    post(feeds, queues, 7, STAR)
     assert celebrities(feeds) == {STAR: str(photo(6))}  # 5 and 4 still only in the list
     assert feeds.feed_page(fan) == [photo(n) for n in (7, 6, 5, 4, 1)]  # posts_cap 4: 3 gone
-    post(feeds, broker, 8, STAR)
-    post(feeds, broker, 9, STAR)  # the list now holds 9-6, all written: out of the merge set
+    post(feeds, queues, 8, STAR)
+    post(feeds, queues, 9, STAR)  # the list now holds 9-6, all written: out of the merge set
     assert celebrities(feeds) == {}
     assert feeds.feed_page(fan) == [photo(n) for n in (9, 8, 7, 6, 1)]
     # Over the line again: read again, nothing twice.
     add_followers(feeds, STAR, FANS[4:])
-    assert post(feeds, broker, 10, STAR)["on_read"] is True
+    assert post(feeds, queues, 10, STAR)["on_read"] is True
     assert feeds.feed_page(fan) == [photo(n) for n in (10, 9, 8, 7, 6, 1)]
 
 
 def test_a_deleted_celebrity_post_leaves_every_read(
-        feeds: FeedStore, broker: redis.Redis) -> None:
+        feeds: FeedStore, queues: BrokerQueues) -> None:
     add_followers(feeds, STAR, FANS)
-    post(feeds, broker, 1, STAR)
-    post(feeds, broker, 2, STAR)
+    post(feeds, queues, 1, STAR)
+    post(feeds, queues, 2, STAR)
     delete_photo(photo(2), STAR)
     assert all(feeds.feed_page(u) == [photo(1)] for u in FANS)
     assert fan_out(photo(2), STAR)["deleted"] is True  # a redelivered fan-out stays out too

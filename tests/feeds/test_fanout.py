@@ -3,7 +3,6 @@ functions and through real workers, a chunk run twice, a worker SIGKILLed mid-fa
 
 from __future__ import annotations
 
-import base64
 import json
 import random
 import time
@@ -23,6 +22,7 @@ from tasks.feeds.fanout import fan_out, write_chunk
 from tasks.feeds.ledger import resend_stale
 from tasks.feeds.sharding import jump_hash
 from tasks.feeds.store import FeedStore, feed_store
+from tests.support.broker_queues import BrokerQueues
 from tests.support.workers import FAST_REDELIVERY, WorkerFactory, wait_for
 
 OWNER = 1
@@ -66,28 +66,25 @@ def feeds(store: FeedStore, uids: list[int]) -> dict[int, list[int]]:
     return out
 
 
-def queued(broker: redis.Redis, queue: str) -> list[dict[str, Any]]:
-    """The chunk tasks waiting in a queue, oldest first (kombu pushes left, pops right)."""
-    out = []
-    for raw in reversed(broker.lrange(queue, 0, -1)):
-        msg = json.loads(raw)
-        assert msg["headers"]["task"] == "feeds.fanout_chunk"
-        out.append(json.loads(base64.b64decode(msg["body"]))[1])
-    return out
+def queued(queues: BrokerQueues, queue: str) -> list[dict[str, Any]]:
+    """The chunk tasks waiting in a queue, oldest first, left there."""
+    messages = queues.messages(queue)
+    assert {task for task, _ in messages} <= {"feeds.fanout_chunk"}
+    return [kwargs for _, kwargs in messages]
 
 
-def run_queued(broker: redis.Redis, queue: str) -> list[int]:
-    """Run a queue's chunk tasks in order as plain calls (a burst runner, no workers)."""
-    results = [write_chunk(**kw) for kw in queued(broker, queue)]
-    broker.delete(queue)
-    return results
+def run_queued(queues: BrokerQueues, queue: str) -> list[int]:
+    """Take a queue's chunk tasks and run them in order as plain calls (a burst runner)."""
+    messages = queues.take(queue)
+    assert {task for task, _ in messages} <= {"feeds.fanout_chunk"}
+    return [write_chunk(**kwargs) for _, kwargs in messages]
 
 
 # Plain functions against the real shards ------------------------------------------------------
 
 @pytest.mark.integration
 def test_fan_out_puts_each_post_once_in_every_feed_on_its_own_shard(
-        store: FeedStore, broker: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+        store: FeedStore, queues: BrokerQueues, monkeypatch: pytest.MonkeyPatch) -> None:
     configure(monkeypatch, feed_chunk_size=40)
     followers = list(range(100, 400))
     add_followers(store, OWNER, followers)
@@ -107,21 +104,21 @@ def test_fan_out_puts_each_post_once_in_every_feed_on_its_own_shard(
     assert summary == {"deleted": False, "followers": 300, "chunks": 8}
     # Every active chunk is sent before any inactive one.
     assert sent == [("feeds", True)] * 8 + [("feeds_batch", False)] * 8
-    chunks = queued(broker, "feeds")
+    chunks = queued(queues, "feeds")
     edges = [(c["lo"], c["hi"]) for c in chunks]
     assert edges[0][0] == 0 and edges[-1][1] == MAX_USER_ID
     assert all(a[1] == b[0] for a, b in pairwise(edges))
     assert [hi for _, hi in edges[:-1]] == followers[39::40]  # boundaries are follower ids
 
     # The active pass alone reaches exactly the active followers.
-    assert sum(run_queued(broker, "feeds")) == len(active)
+    assert sum(run_queued(queues, "feeds")) == len(active)
     assert {u for u, f in feeds(store, followers).items() if f} == active
-    run_queued(broker, "feeds_batch")
+    run_queued(queues, "feeds_batch")
 
     for n in (2, 3):
         fan_out(photo(n), OWNER)
-        run_queued(broker, "feeds")
-        run_queued(broker, "feeds_batch")
+        run_queued(queues, "feeds")
+        run_queued(queues, "feeds_batch")
     newest_first = [photo(3), photo(2), photo(1)]
     assert feeds(store, followers) == {u: newest_first for u in followers}
     assert all(store.feed_page(u) == newest_first for u in followers[:20])
@@ -137,7 +134,7 @@ def test_fan_out_puts_each_post_once_in_every_feed_on_its_own_shard(
 
 @pytest.mark.integration
 def test_on_the_data_redis_a_chunk_is_one_script_per_slice_the_last_setting_its_marker(
-        data: redis.Redis, broker: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+        data: redis.Redis, queues: BrokerQueues, monkeypatch: pytest.MonkeyPatch) -> None:
     configure(monkeypatch, feed_chunk_size=25)
     monkeypatch.setattr(fanout, "WRITE_SLICE", 5)
     store = feed_store()
@@ -148,10 +145,10 @@ def test_on_the_data_redis_a_chunk_is_one_script_per_slice_the_last_setting_its_
         store.touch(uid, time.time() - 86400)
     p = photo(1)
     assert fan_out(p, OWNER)["chunks"] == 4
-    active = queued(broker, "feeds")
+    active = queued(queues, "feeds")
     scanned = [sum(c["lo"] < u <= c["hi"] for u in followers) for c in active]
     data.config_resetstat()
-    assert sum(run_queued(broker, "feeds")) == 50
+    assert sum(run_queued(queues, "feeds")) == 50
     evalsha = data.info("commandstats")["cmdstat_evalsha"]  # a first NOSCRIPT fails, reloads
     # Per chunk, one select-and-write script per slice of 5 followers looked at, and one
     # crossing the chunk off the fan-out ledger.
@@ -165,8 +162,8 @@ def test_on_the_data_redis_a_chunk_is_one_script_per_slice_the_last_setting_its_
     data.delete(marker)
     assert write_chunk(**chunk) == 0 and data.exists(marker)
     assert {u for u, f in feeds(store, followers).items() if f} == set(followers[::2])
-    chunks = queued(broker, "feeds_batch")
-    assert sum(run_queued(broker, "feeds_batch")) == 50
+    chunks = queued(queues, "feeds_batch")
+    assert sum(run_queued(queues, "feeds_batch")) == 50
     assert write_chunk(**chunks[0]) == -1
     data.set(store.s.key("deleted", photo(2)), 1)
     assert write_chunk(photo(2), OWNER, 0, MAX_USER_ID, False) == 0
@@ -196,7 +193,7 @@ def test_on_feed_shards_a_chunk_is_one_select_then_pipelined_slices_per_shard(
 
 @pytest.mark.integration
 def test_a_chunk_lost_with_its_worker_is_sent_again_by_the_ledger_sweep(
-        store: FeedStore, data: redis.Redis, broker: redis.Redis,
+        store: FeedStore, data: redis.Redis, queues: BrokerQueues,
         monkeypatch: pytest.MonkeyPatch) -> None:
     configure(monkeypatch, feed_chunk_size=10, fanout_sweep_after=60)
     followers = list(range(300, 330))  # none active: the inactive pass writes them all
@@ -207,9 +204,9 @@ def test_a_chunk_lost_with_its_worker_is_sent_again_by_the_ledger_sweep(
     assert data.hlen(ledger) == 2 * chunks and data.zscore(store.pending_index, member)
     # A worker takes a chunk off the queue and is killed before kombu records it as unacked:
     # no visibility timeout brings that message back (kombu #305).
-    lost = json.loads(base64.b64decode(json.loads(broker.rpop("feeds_batch"))["body"]))[1]
-    run_queued(broker, "feeds")
-    run_queued(broker, "feeds_batch")
+    [(_, lost)] = queues.take("feeds_batch", 1)
+    run_queued(queues, "feeds")
+    run_queued(queues, "feeds_batch")
     assert sum(not f for f in feeds(store, followers).values()) == 10
     assert data.hkeys(ledger) == [f"{lost['lo']}-{lost['hi']}-i"]
     assert resend_stale(data, get_settings())["resent"] == 0  # not due for another minute
@@ -217,9 +214,9 @@ def test_a_chunk_lost_with_its_worker_is_sent_again_by_the_ledger_sweep(
     data.hset(ledger, mapping={name: repr(time.time() - 61) for name in data.hkeys(ledger)})
     data.zadd(store.pending_index, {member: time.time() - 1})
     assert resend_stale(data, get_settings()) == {"posts": 1, "resent": 1, "finished": 0}
-    assert queued(broker, "feeds_batch") == [lost]
+    assert queued(queues, "feeds_batch") == [lost]
     assert resend_stale(data, get_settings())["resent"] == 0
-    assert run_queued(broker, "feeds_batch") == [10]
+    assert run_queued(queues, "feeds_batch") == [10]
     assert feeds(store, followers) == {u: [p] for u in followers}
     assert not data.exists(ledger) and data.zscore(store.pending_index, member) is None
 
@@ -313,14 +310,14 @@ def test_late_and_out_of_order_posts_keep_feeds_sorted_without_duplicates(
 
 @pytest.mark.integration
 def test_a_deleted_photo_is_not_written(
-        store: FeedStore, broker: redis.Redis) -> None:
+        store: FeedStore, queues: BrokerQueues) -> None:
     followers = list(range(10, 40))
     add_followers(store, OWNER, followers)
     p = photo(1)
     tomb = store.s.key("deleted", p)
     store.graph.set(tomb, 1)
     assert fan_out(p, OWNER) == {"deleted": True, "followers": 0, "chunks": 0}
-    assert not broker.llen("feeds") and not broker.llen("feeds_batch")
+    assert not queues.depth("feeds") and not queues.depth("feeds_batch")
     assert store.graph.llen(store.posts_key(OWNER)) == 0 and store.feed_page(OWNER) == []
     assert write_chunk(p, OWNER, 0, 1000, False) == 0
 
@@ -335,12 +332,12 @@ def test_a_deleted_photo_is_not_written(
 
 @pytest.mark.integration
 def test_unknown_owner_or_no_followers_is_a_clean_no_op(
-        store: FeedStore, broker: redis.Redis) -> None:
+        store: FeedStore, queues: BrokerQueues) -> None:
     assert fan_out(photo(1), 999) == {"deleted": False, "followers": 0, "chunks": 0}
     add_followers(store, 998, [5])
     store.unfollow(5, 998)
     assert fan_out(photo(2), 998)["chunks"] == 0
-    assert not broker.llen("feeds") and not broker.llen("feeds_batch")
+    assert not queues.depth("feeds") and not queues.depth("feeds_batch")
     assert write_chunk(photo(1), 999, 0, MAX_USER_ID, True) == 0
     assert store.feed_page(999) == [photo(1)]  # the owner's own post is still theirs
     assert store.feed_page(5) == []
@@ -378,13 +375,13 @@ def test_malformed_chunks_are_refused(lo: Any, hi: Any, active: Any) -> None:
 
 @pytest.mark.integration
 def test_a_follow_or_unfollow_mid_fan_out_shifts_nobody_into_another_chunk(
-        store: FeedStore, broker: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+        store: FeedStore, queues: BrokerQueues, monkeypatch: pytest.MonkeyPatch) -> None:
     configure(monkeypatch, feed_chunk_size=10)
     followers = list(range(2, 202, 2))  # even ids
     add_followers(store, OWNER, followers)
     p = photo(1)
     fan_out(p, OWNER)
-    chunks = queued(broker, "feeds_batch")
+    chunks = queued(queues, "feeds_batch")
     assert len(chunks) == 10
     first, *rest = chunks
     write_chunk(**first)  # followers 2..20 done
@@ -408,7 +405,7 @@ def have(store: FeedStore, uids: list[int], p: int) -> dict[int, int]:
 
 @pytest.mark.integration
 def test_workers_serve_active_followers_first_then_everyone_exactly_once(
-        store: FeedStore, sharded: dict[str, str], broker: redis.Redis, workers: WorkerFactory,
+        store: FeedStore, sharded: dict[str, str], queues: BrokerQueues, workers: WorkerFactory,
         monkeypatch: pytest.MonkeyPatch) -> None:
     env = {**sharded, "FARM_FEED_CHUNK_SIZE": "500"}
     configure(monkeypatch, feed_chunk_size=500)
@@ -421,13 +418,13 @@ def test_workers_serve_active_followers_first_then_everyone_exactly_once(
     workers("feed", env=env, concurrency=2)  # no batch worker yet
     app.send_task("feeds.fanout", kwargs={"photo_id": p, "owner_id": OWNER})
     wait_for(lambda: all(have(store, active, p).values()), what="the active followers")
-    wait_for(lambda: broker.llen("feeds_batch") == 10, what="the inactive chunks")
+    wait_for(lambda: queues.depth("feeds_batch") == 10, what="the inactive chunks")
     counts = have(store, followers, p)
     assert {u for u, c in counts.items() if c} == set(active)
 
     workers("batch", env=env, concurrency=2)
     wait_for(lambda: all(have(store, followers, p).values()), timeout=30, what="everyone")
-    wait_for(lambda: not broker.llen("feeds_batch"), what="the batch queue to drain")
+    wait_for(lambda: not queues.depth("feeds_batch"), what="the batch queue to drain")
     time.sleep(0.3)
     assert set(have(store, [*followers, OWNER], p).values()) == {1}
 

@@ -3,7 +3,6 @@ and the enqueue functions that start them."""
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from tasks.core.jobs import run_job
 from tasks.core.validation import MAX_USER_ID, check
 from tasks.feeds import activity, deletes, fanout, follows, rebuild, trim
 from tasks.feeds.store import FeedStore, feed_store
+from tests.support.broker_queues import BrokerQueues
 from tests.support.workers import WorkerFactory, wait_for
 
 DAY_MS = 86_400_000
@@ -39,15 +39,9 @@ def configure(monkeypatch: pytest.MonkeyPatch, **values: int) -> None:
     get_settings.cache_clear()
 
 
-def queued(broker: redis.Redis, queue: str) -> list[dict[str, Any]]:
-    """Messages waiting in a queue, newest first, decoded (kombu's Redis layout)."""
-    out = []
-    for raw in broker.lrange(queue, 0, -1):
-        msg = json.loads(raw)
-        args, kwargs, _ = json.loads(base64.b64decode(msg["body"]))
-        out.append({"task": msg["headers"]["task"], "id": msg["headers"]["id"], "args": args,
-                    "kwargs": kwargs})
-    return out
+def queued(queues: BrokerQueues, queue: str) -> list[dict[str, Any]]:
+    """Messages waiting in a queue, newest first, decoded."""
+    return queues.envelopes(queue)[::-1]
 
 
 @pytest.fixture
@@ -218,7 +212,7 @@ def seed_delete(store: FeedStore, owner: int, followers: list[int]) -> tuple[int
 
 
 def test_delete_chunks_cover_every_follower_on_every_shard(
-        store: FeedStore, broker: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+        store: FeedStore, queues: BrokerQueues, monkeypatch: pytest.MonkeyPatch) -> None:
     configure(monkeypatch, feed_chunk_size=3)
     owner, followers = 7, spread(store, 10)
     photo, other = seed_delete(store, owner, followers)
@@ -226,7 +220,7 @@ def test_delete_chunks_cover_every_follower_on_every_shard(
 
     assert deletes.delete_photo(photo, owner) == {"photo_id": photo, "followers": 10, "chunks": 4}
 
-    messages = queued(broker, "feeds_batch")
+    messages = queued(queues, "feeds_batch")
     assert {m["task"] for m in messages} == {"feeds.delete_chunk"}
     edges = sorted((m["kwargs"]["lo"], m["kwargs"]["hi"]) for m in messages)
     assert edges == [(0, 102), (102, 105), (105, 108), (108, MAX_USER_ID)]
@@ -243,9 +237,9 @@ def test_delete_chunks_cover_every_follower_on_every_shard(
 
 
 def test_delete_of_an_unknown_owner_or_without_followers_is_a_clean_no_op(
-        store: FeedStore, broker: redis.Redis) -> None:
+        store: FeedStore, queues: BrokerQueues) -> None:
     assert deletes.delete_photo(pid(1), 4242) == {"photo_id": pid(1), "followers": 0, "chunks": 0}
-    assert queued(broker, "feeds_batch") == []
+    assert queued(queues, "feeds_batch") == []
     assert deletes.delete_chunk(pid(1), 4242, 0, 100) == 0
 
 
@@ -276,7 +270,7 @@ def test_delete_and_rebuild_on_a_real_batch_worker_and_fan_out_cannot_bring_it_b
     assert feed(store, owner) == [other, pid(60)]
 
 
-def test_upkeep_on_the_data_redis_alone(data: redis.Redis, broker: redis.Redis) -> None:
+def test_upkeep_on_the_data_redis_alone(data: redis.Redis, queues: BrokerQueues) -> None:
     """No FARM_FEED_SHARDS (the demo's default): feeds live beside the graph."""
     store = feed_store()
     assert store.shards == [store.graph]
@@ -285,7 +279,7 @@ def test_upkeep_on_the_data_redis_alone(data: redis.Redis, broker: redis.Redis) 
     set_posts(store, 92, [photo, other])
     assert follows.backfill(91, 92) == 2
     assert deletes.delete_photo(photo, 92)["chunks"] == 1
-    [msg] = queued(broker, "feeds_batch")
+    [msg] = queued(queues, "feeds_batch")
     assert deletes.delete_chunk(**msg["kwargs"]) == 1
     assert feed(store, 91) == [other]
     assert trim.trim_feeds(data, get_settings()) == {"shards": 1, "feeds": 1, "trimmed": 0,
@@ -405,17 +399,17 @@ def test_feed_trim_runs_as_a_batch_job(store: FeedStore, data: redis.Redis,
 # --- enqueue and validation ---------------------------------------------------------------------
 
 def test_activity_and_rebuild_enqueue_send_by_name(data: redis.Redis,
-                                                   broker: redis.Redis) -> None:
+                                                   queues: BrokerQueues) -> None:
     first = enqueue.activity(1, "like", 2, photo_id=3)
     enqueue.activity(1, "follow", 2)
     rebuild = enqueue.rebuild_feed(9)
-    [follow_msg, like_msg] = queued(broker, "feeds")  # the queue list is newest first
+    [follow_msg, like_msg] = queued(queues, "feeds")  # the queue list is newest first
     assert like_msg["task"] == "feeds.activity" and like_msg["id"] == first
     event = like_msg["kwargs"].pop("event_id")
     assert len(event) == 32 and int(event, 16) >= 0
     assert like_msg["kwargs"] == {"user_id": 1, "kind": "like", "actor_id": 2, "photo_id": 3}
     assert follow_msg["kwargs"]["event_id"] != event  # a new event each call
-    assert queued(broker, "feeds_batch") == [{"task": "feeds.rebuild", "id": rebuild, "args": [],
+    assert queued(queues, "feeds_batch") == [{"task": "feeds.rebuild", "id": rebuild, "args": [],
                                              "kwargs": {"user_id": 9}}]
 
 
@@ -431,10 +425,10 @@ def test_activity_and_rebuild_enqueue_send_by_name(data: redis.Redis,
     (lambda: enqueue.rebuild_feed(2**63), "user_id: must be between"),
 ])
 def test_bad_enqueue_arguments_are_refused_before_sending(
-        call: Any, message: str, data: redis.Redis, broker: redis.Redis) -> None:
+        call: Any, message: str, data: redis.Redis, queues: BrokerQueues) -> None:
     with pytest.raises(ValueError, match=message):
         call()
-    assert not broker.llen("feeds") and not broker.llen("feeds_batch")
+    assert not queues.depth("feeds") and not queues.depth("feeds_batch")
 
 
 @pytest.mark.parametrize(("task", "kwargs"), [

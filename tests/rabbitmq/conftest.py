@@ -5,10 +5,6 @@ embedded server."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -16,39 +12,30 @@ import pytest
 from kombu import Connection
 
 from config.settings import get_settings
+from tests.support import rabbitmq
 from tests.support.settings import settings_env
 
 if TYPE_CHECKING:
     from config.celery_app import FarmCelery
 
-HOST, PORT = "127.0.0.1", 5672
 # Every test's queues share the vhost, so they share the delivery limit (a queue declared again
 # with other arguments is refused): 2 deliveries, RabbitMQ's x-delivery-limit 1.
 MAX_DELIVERIES = "2"
 
 
-def _ctl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=30)
-
-
 @pytest.fixture(scope="session")
 def amqp_url() -> Iterator[str]:
-    if shutil.which("rabbitmqctl") is None:
-        pytest.skip("RabbitMQ tests need rabbitmqctl (the server's CLI) on PATH")
+    problem = rabbitmq.unavailable()
+    if problem:
+        pytest.skip(problem)
     try:
-        socket.create_connection((HOST, PORT), timeout=2).close()
-    except OSError as exc:
-        pytest.skip(f"no RabbitMQ server answers on {HOST}:{PORT} ({exc})")
-    vhost = f"photofarm-test-{os.getpid()}"
-    made = _ctl("add_vhost", vhost)
-    if made.returncode != 0:
-        pytest.skip(f"rabbitmqctl add_vhost failed (run as root?): {made.stderr.strip()[:200]}")
+        vhost = rabbitmq.Vhost.create("photofarm-test")
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
     try:
-        perms = _ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        assert perms.returncode == 0, perms.stderr
-        yield f"amqp://guest:guest@{HOST}:{PORT}/{vhost}"
+        yield vhost.url
     finally:
-        _ctl("delete_vhost", vhost)
+        vhost.delete()
 
 
 @pytest.fixture

@@ -7,9 +7,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
+from config.settings import get_settings
 from tests.support.http import http_get
 from tests.support.workers import stop_group, wait_for
 from workers.embedded_redis import EmbeddedRedis, free_port
@@ -37,7 +39,8 @@ def test_metrics_need_the_password_and_the_broker_password_is_masked(
         assert status == 200 and b"# HELP" in body  # Prometheus text, once authenticated
         # The broker page shows the URL with the password masked.
         status, page = http_get(base + "/broker", auth)
-        assert status == 200 and f"127.0.0.1:{redis_server.port}".encode() in page
+        where = urlsplit(get_settings().broker_url)  # RabbitMQ's with --broker amqp
+        assert status == 200 and f"{where.hostname}:{where.port}".encode() in page
         assert redis_server.password.encode() not in page
     finally:
         stop_group(proc)

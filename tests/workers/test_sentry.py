@@ -104,7 +104,10 @@ def test_a_final_failure_is_reported_with_tags_and_nothing_secret(
 
 
 def test_a_process_dying_under_every_delivery_is_reported_once_each(
-        data: redis.Redis, workers: WorkerFactory, sentry_ingest: SentryIngest) -> None:
+        data: redis.Redis, workers: WorkerFactory, sentry_ingest: SentryIngest,
+        on_amqp: bool) -> None:
+    if on_amqp:
+        pytest.skip("RabbitMQ fixed the queues' delivery limit when the session declared them")
     w = workers("batch", env={**secret_env(sentry_ingest), "FARM_MAX_DELIVERIES": "1"})
     app.send_task("diag.flaky", args=["doomed", 5, "crash"], queue="maintenance")
     wait_for(lambda: events_for(sentry_ingest, "diag.flaky"), timeout=30,

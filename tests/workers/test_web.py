@@ -3,10 +3,8 @@ session's Redis: what it stores and sends, and every bad input refused before an
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import io
-import json
 import os
 import re
 import signal
@@ -21,6 +19,7 @@ import redis
 from PIL import Image
 
 from config.settings import Settings, get_settings
+from tests.support.broker_queues import BrokerQueues
 from tests.support.http import http_get
 from tests.support.workers import WorkerFactory, wait_for
 from workers.embedded_redis import free_port
@@ -65,13 +64,9 @@ def tier(data: redis.Redis) -> Iterator[Tier]:
     yield from serve(dataclasses.replace(get_settings(), web_port=free_port(), max_upload_mb=1))
 
 
-def queued(broker: redis.Redis, queue: str) -> list[dict[str, object]]:
-    """The keyword arguments of every message waiting on a queue (kombu's JSON envelope)."""
-    out = []
-    for raw in broker.lrange(queue, 0, -1):
-        body = json.loads(base64.b64decode(json.loads(raw)["body"]))
-        out.append(body[1])
-    return out
+def queued(queues: BrokerQueues, queue: str) -> list[dict[str, object]]:
+    """The keyword arguments of every message waiting on a queue, oldest first."""
+    return [kwargs for _, kwargs in queues.messages(queue)]
 
 
 def originals(s: Settings) -> list[str]:
@@ -80,13 +75,13 @@ def originals(s: Settings) -> list[str]:
 
 
 def test_upload_stores_the_original_then_enqueues_ids_and_keys_only(
-        tier: Tier, broker: redis.Redis) -> None:
+        tier: Tier, queues: BrokerQueues) -> None:
     photo = jpeg()
     resp = tier.post("/upload", {"owner_id": "7", "caption": "hello", "share_to": "twitter"},
                      files={"photo": ("me.jpg", photo, "image/jpeg")})
     assert resp.status_code == 303
     photo_id = int(resp.headers["location"].removeprefix("/photos/"))
-    [message] = queued(broker, "photos")
+    [message] = queued(queues, "photos")
     assert message == {"photo_id": photo_id, "owner_id": 7, "original_key":
                        f"originals/{photo_id}", "caption": "hello", "share_to": ["twitter"]}
     from tasks.blobs import open_store
@@ -107,21 +102,21 @@ def test_upload_stores_the_original_then_enqueues_ids_and_keys_only(
 
 
 def test_follow_writes_the_graph_then_sends_the_event(
-        tier: Tier, data: redis.Redis, broker: redis.Redis) -> None:
+        tier: Tier, data: redis.Redis, queues: BrokerQueues) -> None:
     resp = tier.post("/follow", {"follower_id": "21", "followee_id": "20", "action": "follow"})
     assert resp.status_code == 303 and resp.headers["location"] == "/users/21"
     s = tier.settings
     assert data.zscore(s.key("followers", 20), "21") == 21
-    assert queued(broker, "feeds") == [{"follower_id": 21, "followee_id": 20}]
+    assert queued(queues, "feeds") == [{"follower_id": 21, "followee_id": 20}]
     assert '<a href="/users/20">20</a>' in tier.client.get("/users/21").text
     resp = tier.post("/follow", {"follower_id": "21", "followee_id": "20", "action": "unfollow"})
     assert resp.status_code == 303 and data.zscore(s.key("followers", 20), "21") is None
-    assert len(queued(broker, "feeds")) == 2
+    assert len(queued(queues, "feeds")) == 2
     assert tier.client.get("/api/users/21/feed").json() == {"user_id": 21, "feed": []}
 
 
 def test_forms_without_the_token_or_from_another_site_are_refused(
-        tier: Tier, data: redis.Redis, broker: redis.Redis) -> None:
+        tier: Tier, data: redis.Redis, queues: BrokerQueues) -> None:
     follow = {"follower_id": "31", "followee_id": "30", "action": "follow"}
     assert tier.post("/follow", follow, token="").status_code == 403
     assert tier.post("/follow", follow, token="x" * 43).status_code == 403
@@ -134,7 +129,7 @@ def test_forms_without_the_token_or_from_another_site_are_refused(
     assert bare.status_code == 403
     # DNS rebinding: another name for this address is not served at all.
     assert tier.client.get("/", headers={"Host": "evil.example"}).status_code == 400
-    assert data.zcard(tier.settings.key("followers", 30)) == 0 and broker.llen("feeds") == 0
+    assert data.zcard(tier.settings.key("followers", 30)) == 0 and queues.depth("feeds") == 0
     same = {"Origin": str(tier.client.base_url).rstrip("/"), "Sec-Fetch-Site": "same-origin"}
     assert tier.post("/follow", follow, headers=same).status_code == 303
 
@@ -152,13 +147,13 @@ def test_forms_without_the_token_or_from_another_site_are_refused(
      "FARM_MAX_UPLOAD_MB"),
 ])
 def test_bad_uploads_are_refused_before_anything_is_stored_or_sent(
-        tier: Tier, broker: redis.Redis, fields: dict[str, object],
+        tier: Tier, queues: BrokerQueues, fields: dict[str, object],
         files: dict[str, object] | None, status: int, says: str) -> None:
     before = originals(tier.settings)  # the session's blob store: earlier tests' files stay
     resp = tier.post("/upload", fields, files=files or {"none": ("", b"", "text/plain")})
     assert resp.status_code == status
     assert says in resp.text
-    assert broker.llen("photos") == 0 and originals(tier.settings) == before
+    assert queues.depth("photos") == 0 and originals(tier.settings) == before
 
 
 def test_a_body_over_the_limit_is_refused_unread_and_paths_are_checked(tier: Tier) -> None:
@@ -203,11 +198,11 @@ def test_farm_web_serves_until_sigterm_and_refuses_other_addresses(tmp_path: Pat
 
 
 def test_following_yourself_is_refused_with_the_checks_line(tier: Tier,
-                                                           broker: redis.Redis) -> None:
+                                                           queues: BrokerQueues) -> None:
     resp = tier.post("/follow", {"follower_id": "5", "followee_id": "5", "action": "follow"})
     assert resp.status_code == 400 and "followee_id" in resp.text
     resp = tier.post("/follow", {"follower_id": "5", "followee_id": "6", "action": "block"})
-    assert resp.status_code == 400 and broker.llen("feeds") == 0
+    assert resp.status_code == 400 and queues.depth("feeds") == 0
 
 
 def test_a_file_that_is_no_image_ends_failed_with_the_workers_reason(
