@@ -26,6 +26,7 @@ from workers.launcher import WorkerProcess
 _server: EmbeddedRedis | None = None
 _scratch: Path | None = None  # the session's state dir and file-store blobs
 _vhost: rabbitmq.Vhost | None = None  # with --broker amqp
+_no_amqp = ""  # why --broker amqp cannot run here: every test skips with the reason
 BROKER_DB, DATA_DB = 0, 1
 ON_AMQP = "the broker is RabbitMQ (--broker amqp)"
 
@@ -37,7 +38,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    global _server, _scratch, _vhost
+    global _server, _scratch, _vhost, _no_amqp
     # Nothing of the developer's own environment leaks in: only what the tests set.
     for name in [k for k in os.environ if k.startswith("FARM_")]:
         del os.environ[name]
@@ -46,14 +47,15 @@ def pytest_configure(config: pytest.Config) -> None:
     _server = EmbeddedRedis().start()
     _scratch = Path(tempfile.mkdtemp(prefix="farm-tests-"))
     broker_url = _server.url(BROKER_DB)
-    if config.getoption("--broker") == "amqp":
-        problem = rabbitmq.unavailable()
-        if problem:
-            raise pytest.UsageError(f"--broker amqp: {problem}")
-        _vhost = rabbitmq.Vhost.create("photofarm-suite")
-        broker_url = _vhost.url
-        # A quorum queue's delivery limit is fixed when it is declared: one for the session.
-        os.environ["FARM_MAX_DELIVERIES"] = "2"
+    if config.getoption("--broker") == "amqp" and not (_no_amqp := rabbitmq.unavailable() or ""):
+        try:
+            _vhost = rabbitmq.Vhost.create("photofarm-suite")
+        except RuntimeError as exc:
+            _no_amqp = str(exc)
+        else:
+            broker_url = _vhost.url
+            # A quorum queue's delivery limit is fixed when it is declared: one for the session.
+            os.environ["FARM_MAX_DELIVERIES"] = "2"
     os.environ.update({
         "FARM_BROKER_URL": broker_url,
         "FARM_REDIS_URL": _server.url(DATA_DB),
@@ -86,6 +88,9 @@ def redis_server() -> EmbeddedRedis:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _no_amqp:
+        for item in items:
+            item.add_marker(pytest.mark.skip(reason=f"--broker amqp: {_no_amqp}"))
     if _vhost is None:
         return
     for item in items:
