@@ -13,6 +13,7 @@ from kombu.transport import TRANSPORT_ALIASES
 
 from config.queues import QUEUES, celery_routes
 from config.rabbitmq import amqp_config, is_amqp, whole_second_delay
+from config.sentinel import celery_url, transport_options
 from config.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
 
 RELIABLE_TRANSPORT = "config.reliable_redis:Transport"
 STOCK_TRANSPORT = "kombu.transport.redis:Transport"
+RELIABLE_SENTINEL = "config.reliable_redis:SentinelTransport"
+STOCK_SENTINEL = "kombu.transport.redis:SentinelTransport"
 
 # Worker-side task modules: each domain's tasks.py (named, not imported: config depends on
 # nothing of ours). Heavy libraries (Pillow, boto3, ...) are imported inside the functions that
@@ -40,8 +43,10 @@ def celery_config(s: Settings) -> dict[str, Any]:
 def redis_config(s: Settings) -> dict[str, Any]:
     exchange = Exchange("farm", type="direct")
     return {
-        "broker_url": s.broker_url,
-        "result_backend": s.result_backend,
+        # Behind Sentinel (FARM_BROKER_MASTER, FARM_REDIS_MASTER): sentinel:// URLs, the master
+        # named in the transport options below (config/sentinel.py).
+        "broker_url": celery_url(s, s.broker_url),
+        "result_backend": celery_url(s, s.result_backend),
         # JSON only: a pickle message is code execution for whoever can write to the broker.
         "task_serializer": "json",
         "result_serializer": "json",
@@ -69,9 +74,11 @@ def redis_config(s: Settings) -> dict[str, Any]:
             # killed mid-sweep would stall every redelivery for five minutes.
             "unacked_mutex_expire": max(5, 2 * s.restore_interval),
             "inflight_heartbeat": s.inflight_heartbeat,
+            **transport_options(s, s.broker_url),
         },
 
-        "result_backend_transport_options": {"visibility_timeout": s.visibility_timeout},
+        "result_backend_transport_options": {"visibility_timeout": s.visibility_timeout,
+                                             **transport_options(s, s.result_backend)},
         "task_time_limit": s.task_time_limit,
         "task_soft_time_limit": s.task_soft_time_limit or None,
         # Results only for the tasks that ask (diag.ping); everything else reports via Redis.
@@ -130,12 +137,15 @@ class FarmCelery(Celery):
 
 
 def use_reliable_fetch(on: bool) -> None:
-    """Make ``redis://`` and ``rediss://`` broker URLs mean the farm's reliable-fetch transport
-    (config/reliable_redis.py) in this process, or kombu's stock one again. Selected by the URL's
-    scheme, as kombu selects any transport, so the URL stays ``redis://`` and Flower, ``celery
-    inspect`` and kombu's own URL handling see an ordinary Redis broker."""
-    for scheme in ("redis", "rediss"):
-        TRANSPORT_ALIASES[scheme] = RELIABLE_TRANSPORT if on else STOCK_TRANSPORT
+    """Make ``redis://``, ``rediss://`` and ``sentinel://`` broker URLs mean the farm's
+    reliable-fetch transports (config/reliable_redis.py) in this process, or kombu's stock ones
+    again. Selected by the URL's scheme, as kombu selects any transport, so the URL stays
+    kombu's own and Flower, ``celery inspect`` and kombu's URL handling see an ordinary Redis
+    (or Sentinel) broker."""
+    for scheme, reliable, stock in (("redis", RELIABLE_TRANSPORT, STOCK_TRANSPORT),
+                                    ("rediss", RELIABLE_TRANSPORT, STOCK_TRANSPORT),
+                                    ("sentinel", RELIABLE_SENTINEL, STOCK_SENTINEL)):
+        TRANSPORT_ALIASES[scheme] = reliable if on else stock
         # kombu caches what each name resolved to (not in its stubs): forget the old answer
         kombu.transport._transport_cache.pop(scheme, None)  # type: ignore[attr-defined]
 

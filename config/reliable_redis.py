@@ -19,7 +19,8 @@ loses one. The pattern is Sidekiq Pro's super_fetch and resque's RPOPLPUSH branc
 - A message that is not kombu's is kept in ``_kombu.unparsable``, never dropped, never delivered.
 
 Selected for ``redis://`` and ``rediss://`` broker URLs by config/celery_app.py, so Celery,
-Flower and ``celery inspect`` see an ordinary Redis broker (same queues, same keys).
+Flower and ``celery inspect`` see an ordinary Redis broker (same queues, same keys); and for
+``sentinel://`` ones (a master found through Redis Sentinel) in its Sentinel form, at the end.
 
 Fault points (``PHOTOFARM_FAULT_POINT``) let the tests kill a consumer exactly between two steps;
 unset, they cost one attribute lookup.
@@ -293,6 +294,11 @@ class ReliableChannel(kombu_redis.Channel):
                           field)
 
     def close(self) -> None:
+        if self.closed:
+            # kombu closes a channel on a connection error, then again with its connection: by
+            # then it has no pool and no connection, and a raise here stops the worker.
+            super().close()
+            return
         self._closing = True
         pending = self._pending if self._in_poll else None
         if pending == "fetch":
@@ -323,3 +329,20 @@ class Transport(kombu_redis.Transport):
     """kombu's Redis transport with reliable fetch (see the module's docstring)."""
 
     Channel = ReliableChannel
+
+
+class ReliableSentinelChannel(ReliableChannel, kombu_redis.SentinelChannel):
+    """Reliable fetch on a master found through Sentinel: kombu's SentinelChannel builds the
+    connection pools (the sentinels asked for the master before each new connection), ours
+    does the fetching. After a failover the new master has what was replicated: a message whose
+    fetch reached it is unacked there (the visibility sweep brings it back), one whose fetch did
+    not is still queued; the script is loaded again on the first NOSCRIPT."""
+
+    from_transport_options = (*kombu_redis.SentinelChannel.from_transport_options,
+                              "inflight_heartbeat")
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """kombu's Sentinel transport with reliable fetch (``sentinel://`` broker URLs)."""
+
+    Channel = ReliableSentinelChannel

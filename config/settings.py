@@ -38,6 +38,16 @@ class Settings:
     broker_url: str = "redis://127.0.0.1:6379/0"
     redis_url: str = "redis://127.0.0.1:6379/1"
     result_url: str = ""  # empty: the data Redis; results are stored only for tasks that need them
+    # Redis Sentinel (README, "Redis failover"). With FARM_SENTINELS (host:port, comma separated)
+    # the broker and the data Redis are found by master name, FARM_BROKER_MASTER and
+    # FARM_REDIS_MASTER, and every client asks the sentinels again after a failover. A URL whose
+    # server is named so gives no host or port, only what the sentinels do not know: password
+    # and database (redis://:PASSWORD@/0). The result backend follows FARM_REDIS_MASTER when
+    # FARM_RESULT_URL is empty; feed shards (FARM_FEED_SHARDS) stay plain URLs.
+    sentinels: tuple[str, ...] = ()
+    sentinel_password: str = _secret()  # the sentinels' own (their requirepass); empty: none
+    broker_master: str = ""  # empty: FARM_BROKER_URL names its server
+    redis_master: str = ""  # empty: FARM_REDIS_URL names its server
     key_prefix: str = "farm"
     storage_url: str = "file://./var/blobs"
     # S3 (when FARM_STORAGE_URL is s3://...): credentials fall back to the standard AWS chain.
@@ -274,6 +284,7 @@ def _validate(s: Settings) -> None:
     _check_url(s, "redis_url", ("redis", "rediss", "unix"))
     if s.result_url:
         _check_url(s, "result_url", ("redis", "rediss", "unix"))
+    _validate_sentinel(s)
     scheme, sep, rest = s.storage_url.partition("://")  # not urlsplit: "[" raises in it
     _check(scheme in ("s3", "file") and bool(sep), "storage_url",
            f"must be s3://bucket/prefix or file:///path, got {s.storage_url!r}")
@@ -354,6 +365,49 @@ def _validate(s: Settings) -> None:
     _check(s.visibility_timeout > floor, "visibility_timeout",
            f"must exceed FARM_TASK_TIME_LIMIT + FARM_RETRY_MAX_DELAY ({floor:g}s), "
            f"got {s.visibility_timeout}")
+
+
+_MASTER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def sentinel_address(entry: str) -> tuple[str, int] | None:
+    """``host:port`` (``[v6]:port``) as (host, port); None if it is not one."""
+    try:
+        parts = urlsplit(f"//{entry}")
+        port = parts.port
+    except ValueError:
+        return None
+    host = parts.hostname
+    if not host or not port or not _is_host(host) or parts.username or parts.path:
+        return None
+    return host, port
+
+
+def _validate_sentinel(s: Settings) -> None:
+    for entry in s.sentinels:
+        _check(sentinel_address(entry) is not None, "sentinels",
+               f"must be comma-separated host:port addresses, got {entry!r}")
+    _check(len(set(s.sentinels)) == len(s.sentinels), "sentinels", "lists a sentinel twice")
+    _check(not s.sentinels or bool(s.broker_master or s.redis_master), "sentinels",
+           "name the master(s) they watch with FARM_BROKER_MASTER and/or FARM_REDIS_MASTER")
+    for name, url_name in (("broker_master", "broker_url"), ("redis_master", "redis_url")):
+        master, url = getattr(s, name), getattr(s, url_name)
+        if not master:
+            continue
+        _check(bool(s.sentinels), name, "needs FARM_SENTINELS, the sentinels that know it")
+        _check(bool(_MASTER_NAME.fullmatch(master)), name,
+               f"must be 1-64 letters, digits, '.', '_' or '-', got {master!r}")
+        parts = urlsplit(url)
+        _check(not parts.scheme.startswith("amqp"), name,
+               "the broker is RabbitMQ (FARM_BROKER_URL); Sentinel is for a Redis broker")
+        _check(parts.scheme == "redis", url_name,
+               f"with {PREFIX}{name.upper()} set it must be a redis:// URL (TLS to a server found "
+               f"through Sentinel is not supported), got {redact_url(url)!r}")
+        _check(not parts.hostname and parts.port is None, url_name,
+               f"with {PREFIX}{name.upper()} set the sentinels name the server: give no host or "
+               f"port, e.g. redis://:PASSWORD@/0, got {redact_url(url)!r}")
+    _check(s.broker_url != s.redis_url or s.broker_master == s.redis_master, "redis_master",
+           "FARM_BROKER_URL and FARM_REDIS_URL are the same URL but name different masters")
 
 
 _LIMIT = re.compile(r"\s*\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day|month|year)s?\s*",

@@ -37,7 +37,9 @@ from celery.utils.saferepr import saferepr
 from celery.worker.consumer.consumer import Consumer
 from kombu.exceptions import ContentDisallowed
 
+from config.queues import queue_of
 from config.rabbitmq import declare_all, declare_deadletter, is_amqp
+from config.sentinel import redis_from_url
 from config.settings import get_settings
 from tasks.core import metrics, prom
 from tasks.core.amqp_deadletter import adopt_dead_lettered
@@ -168,7 +170,7 @@ class FarmConsumer(BatchedEvents, Consumer):
         try:
             s = get_settings()
             if self._broker is None:  # a client of its own: kombu's channels are the consumer's
-                self._broker = redis.Redis.from_url(s.broker_url, socket_timeout=5)
+                self._broker = redis_from_url(s.broker_url, s, socket_timeout=5)
             moved = adopt_unparsable(self._broker, DeadLetterStore(data_redis(), s))
             if moved:  # counted under messages.undecodable by adopt_unparsable
                 prom.message_dead_lettered("undecodable", moved)
@@ -299,7 +301,8 @@ def _entry(message: Any, bad: BadMessage) -> DeadLetter:
                      if isinstance(i, str) and _ID.fullmatch(i)), uuid.uuid4().hex)
     kept = MAX_TOO_LARGE_KEPT if bad.reason == "too large" else MAX_BODY_BYTES
     return DeadLetter(
-        id=entry_id, task=clip(bad.task, MAX_NAME), queue=str(delivery.get("routing_key") or ""),
+        id=entry_id, task=clip(bad.task, MAX_NAME),
+        queue=queue_of(str(delivery.get("routing_key") or "")),
         args=[], kwargs={}, reason=bad.reason, error=bad.error, traceback="", attempts=1,
         body=body[:kept].decode("utf-8", "replace"), size=len(body))
 

@@ -39,6 +39,7 @@ from prometheus_client.registry import Collector
 from config.queues import QUEUES
 from config.rabbitmq import is_amqp
 from config.rabbitmq import queue_depths as amqp_queue_depths
+from config.sentinel import redis_from_url
 from config.settings import Settings
 from tasks.core.deadletter import DeadLetterStore
 from tasks.core.redis import data_redis
@@ -66,8 +67,8 @@ class BrokerCollector(Collector):
 
     def __init__(self, s: Settings) -> None:
         self.s = s
-        self.broker = None if is_amqp(s.broker_url) else redis.Redis.from_url(
-            s.broker_url, socket_timeout=BROKER_TIMEOUT, socket_connect_timeout=BROKER_TIMEOUT)
+        self.broker = None if is_amqp(s.broker_url) else redis_from_url(
+            s.broker_url, s, socket_timeout=BROKER_TIMEOUT, socket_connect_timeout=BROKER_TIMEOUT)
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("farm_broker_up", "1 when the broker answered this scrape")

@@ -121,7 +121,14 @@ class FarmTask(Task[P, R]):
                     outcome = "deadletter"
                     kind = self.classify(exc)
                     reason = "exhausted" if kind == "transient" else kind
-                    self._dead_letter(reason, _one_line(exc), traceback.format_exc())
+                    try:
+                        self._dead_letter(reason, _one_line(exc), traceback.format_exc())
+                    except redis.RedisError as unwritten:
+                        # no record to replay it from: the message must stay the broker's
+                        outcome = "requeued"
+                        log.error("task=%s id=%s dead letter not written (%s): message requeued "
+                                  "instead", self.name, req.id, _one_line(unwritten))
+                        raise Reject(unwritten, requeue=True) from exc
                     if shrunk is not exc:  # its message could not be cut in place
                         raise shrunk from None
                     raise

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import kombu.exceptions
 import redis
 from kombu.exceptions import OperationalError
 
@@ -27,7 +28,11 @@ from tasks.core.errors import TransientError
 # a few seconds, a failover takes about as long. Tasks' soft time limits are far longer.
 PUBLISH_PATIENCE = 15.0
 T = TypeVar("T")
-BROKER_ERRORS: tuple[type[BaseException], ...] = (OperationalError, redis.RedisError, OSError)
+# BatchPublishError: kombu 5.7's pipelined publish failed part way (delivery uncertain); sent
+# again whole, as every farm message is safe to receive twice
+_BATCH_REFUSED: type[Exception] = kombu.exceptions.BatchPublishError  # type: ignore[attr-defined]
+BROKER_ERRORS: tuple[type[BaseException], ...] = (OperationalError, _BATCH_REFUSED,
+                                                  redis.RedisError, OSError)
 
 
 class BrokerUnavailable(TransientError):

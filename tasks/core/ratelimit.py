@@ -21,6 +21,7 @@ from limits import RateLimitItem, parse
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
+from config.sentinel import redis_from_url
 from config.settings import Settings, get_settings
 from tasks.core.process_local import ProcessLocal
 from tasks.core.redis import data_redis
@@ -42,8 +43,11 @@ class RateLimits:
         self.s = s or get_settings()
         url = self.s.redis_url
         prefix = self.s.key("limits")
+        # The pool of our own client, so a data Redis behind Sentinel is followed here too
+        # (limits' own redis+sentinel:// storage would read from replicas by default).
         self.limiter = _limiters.get(f"{url}|{prefix}", lambda: MovingWindowRateLimiter(
-            RedisStorage(url, key_prefix=prefix)))
+            RedisStorage(url, key_prefix=prefix,
+                         connection_pool=redis_from_url(url, self.s).connection_pool)))
 
     def acquire(self, limits: Sequence[Limit], now: float | None = None) -> float:
         """0 when a slot was taken under every limit, else the seconds to wait before asking

@@ -168,3 +168,18 @@ def test_a_message_that_is_not_kombus_is_kept_aside_and_the_rest_flow(
     consumers.append(c)
     assert c.received(1) == [{"n": 1}]
     assert server.lrange(UNPARSABLE, 0, -1) == ["not json at all"]
+
+
+def test_a_channel_closed_twice_raises_nothing(url: str, server: redis.Redis) -> None:
+    """kombu closes a channel on a connection error, then again with its connection; by then
+    the channel has no pool and no connection, and a raise would stop the worker."""
+    q = Queue("a", EXCHANGE, routing_key="a")
+    with Connection(url, transport=TRANSPORT, transport_options=OPTIONS) as conn:
+        channel = conn.channel()
+        with Consumer(channel, queues=[q], callbacks=[lambda body, message: None]):
+            with pytest.raises(TimeoutError):
+                conn.drain_events(timeout=0.2)  # blocked in BLMOVE: it has a list to hand back
+            channel.close()
+            assert channel.connection is None
+            channel.close()
+    assert not server.hlen(INFLIGHT_INDEX)

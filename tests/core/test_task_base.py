@@ -78,3 +78,25 @@ def test_a_process_exiting_under_a_task_is_not_dead_lettered(
         app.tasks["diag.flaky"].apply(args=["gone", 0])
     assert DeadLetterStore(data, get_settings()).count() == 0
     assert data.hget("farm:metrics:tasks", "diag.flaky:interrupted") == "1"
+
+
+def test_a_dead_letter_that_cannot_be_written_leaves_the_message_with_the_broker(
+        data: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The data Redis down (a failover) as a task fails for good: with no record to replay it
+    # from, acking the message would lose the task. It is requeued instead.
+    from celery.exceptions import Reject
+
+    from config.celery_app import app
+    from tasks.diagnostics import synthetic
+
+    def failing(*_: object) -> int:
+        raise PermanentError("no good")
+
+    def unwritable(*_: object, **__: object) -> None:
+        raise redis.ConnectionError("data Redis down")
+
+    monkeypatch.setattr(synthetic, "flaky", failing)
+    monkeypatch.setattr(DeadLetterStore, "record", unwritable)
+    result = app.tasks["diag.flaky"].apply(args=["unwritten", 1])
+    assert isinstance(result.result, Reject) and result.result.requeue, result.state
+    assert DeadLetterStore(data, get_settings()).count() == 0

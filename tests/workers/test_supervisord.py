@@ -337,3 +337,17 @@ def test_farm_runs_under_supervisord_and_stops_cleanly(
         for pid in started:  # only after a failure; checked, as the pids may be reused
             if _alive(pid) and str(FARM) in _cmdline(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_the_sentinel_password_reaches_every_program_that_reaches_the_broker(
+        tmp_path: Path) -> None:
+    s = load_settings({**BASE_ENV, "FARM_SENTINELS": "10.0.0.1:26379,10.0.0.2:26379",
+                       "FARM_SENTINEL_PASSWORD": "sentinel-value",
+                       "FARM_BROKER_URL": "redis://:b@/0", "FARM_BROKER_MASTER": "farm-broker",
+                       "FARM_FLOWER_PASSWORD": "flower-value"})
+    env = supervise_environ(s, tmp_path)
+    shared = f'FARM_SENTINEL_PASSWORD_FILE="{tmp_path / "var" / "secrets" / "sentinel_password"}"'
+    for program in ("WORKER", "FLOWER", "METRICS"):
+        assert shared in env[f"PHOTOFARM_{program}_SECRETS"].split(","), program
+    assert "FLOWER_PASSWORD" not in env["PHOTOFARM_WORKER_SECRETS"]
+    assert not any("value" in v for v in env.values())

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import redis
 
 from config.rabbitmq import is_amqp
+from config.sentinel import redis_from_url
 from config.settings import get_settings
 from tasks.core.amqp_deadletter import adopt_from_broker
 from tasks.core.deadletter import DeadLetter, DeadLetterStore, NotReplayable, adopt_unparsable
@@ -52,7 +53,7 @@ def _store() -> DeadLetterStore:
         except Exception as exc:  # the records already stored are still worth showing
             print(f"farm deadletter: broker not read ({printable(str(exc))})", file=sys.stderr)
         return store
-    broker = redis.Redis.from_url(s.broker_url)
+    broker = redis_from_url(s.broker_url, s)
     try:
         adopt_unparsable(broker, store)
     except redis.RedisError as exc:  # the records already stored are still worth showing

@@ -10,11 +10,10 @@ import argparse
 import json
 from typing import TypedDict
 
-import redis
-
 from config.queues import QUEUES
 from config.rabbitmq import is_amqp
 from config.rabbitmq import queue_depths as amqp_queue_depths
+from config.sentinel import redis_from_url
 from config.settings import Settings, get_settings
 from tasks.core import metrics
 from tasks.core.amqp_deadletter import adopt_from_broker
@@ -37,7 +36,7 @@ def queue_depths(s: Settings, adopt: bool = False) -> dict[str, int]:
         if adopt:
             adopt_from_broker(s.broker_url, DeadLetterStore(data_redis(), s))
         return amqp_queue_depths(s.broker_url, QUEUES)
-    broker = redis.Redis.from_url(s.broker_url)
+    broker = redis_from_url(s.broker_url, s)
     try:
         if adopt:
             adopt_unparsable(broker, DeadLetterStore(data_redis(), s))

@@ -32,6 +32,8 @@ STOP_MARGIN = 30
 SECRETS_DIR = "secrets"  # under FARM_STATE_DIR, 0700; one 0600 file per secret set
 FLOWER_SECRETS = frozenset({"flower_password"})  # Flower's own; every other secret is the workers'
 METRICS_SECRETS = frozenset({"metrics_password"})  # the scrape endpoint's own (`farm metrics`)
+# Every program that reaches the broker or the data Redis through Sentinel needs this one too.
+SHARED_SECRETS = frozenset({"sentinel_password"})
 UMASK = 0o077  # files supervisord and the farm create: the logs, the beat schedule, blobs
 
 
@@ -75,7 +77,7 @@ def program_secrets(files: dict[str, tuple[Path, str]], flower: bool,
     metrics endpoint's, or the workers' (every other; quoted: a path may hold a comma)."""
     own = FLOWER_SECRETS if flower else METRICS_SECRETS if metrics else None
     pairs = [f'{PREFIX}{name.upper()}_FILE="{path}"' for name, (path, _) in files.items()
-             if (name in own if own is not None else
+             if (name in own | SHARED_SECRETS if own is not None else
                  name not in FLOWER_SECRETS | METRICS_SECRETS)]
     return ",".join(pairs)
 

@@ -29,6 +29,7 @@ import redis
 from kombu.exceptions import KombuError
 
 from config.rabbitmq import is_amqp
+from config.sentinel import redis_from_url
 from config.settings import Settings, get_settings
 from tasks.core.text import safe
 from workers.top_state import Sample, Snapshot, sample, snapshot
@@ -67,10 +68,10 @@ def run(args: argparse.Namespace) -> int:
 
     # Own clients with timeouts: a server that stops answering must not freeze the screen.
     # RabbitMQ is read by passive declares on a connection of each sample's own.
-    broker: redis.Redis | str = s.broker_url if is_amqp(s.broker_url) else redis.Redis.from_url(
-        s.broker_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT)
-    data = redis.Redis.from_url(s.redis_url, decode_responses=True,
-                                socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT)
+    broker: redis.Redis | str = s.broker_url if is_amqp(s.broker_url) else redis_from_url(
+        s.broker_url, s, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT)
+    data = redis_from_url(s.redis_url, s, decode_responses=True,
+                          socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT)
     watch = WorkerWatch(app).start()
     try:
         clients = (s, broker, data)
