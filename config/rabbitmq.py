@@ -1,12 +1,17 @@
 """The farm on RabbitMQ (``FARM_BROKER_URL=amqp://...`` or ``amqps://``): quorum queues, the
-broker's delivery limit as the redelivery cap, and the farm's own dead-letter exchange and queue.
+broker's delivery limit as a backstop to the farm's redelivery cap, and the farm's own
+dead-letter exchange and queue.
 
 Every farm queue is a quorum queue (replicated, and the only kind that counts deliveries):
-- ``x-delivery-limit`` is FARM_MAX_DELIVERIES - 1. RabbitMQ dead-letters a message when it comes
-  back (its consumer's connection died, or it was requeued) more often than the limit, so a limit
-  of L allows L + 1 starts (measured on 3.10: limit 2 gave three deliveries, 0 gave one). The
-  farm's rule is "a message whose worker died max_deliveries times is dead-lettered, not rerun".
-  The task base's own count (tasks/core/base.py) stays as a second guard, with the same cap.
+- ``x-delivery-limit`` is a backstop, 2 * FARM_MAX_DELIVERIES + 2; the cap itself is the task
+  base's count of starts (tasks/core/base.py), as on Redis: "a message whose worker died
+  max_deliveries times is dead-lettered, not rerun". RabbitMQ counts every return of a message,
+  also the ones a dying worker only held prefetched and never started, and on quorum queues
+  Celery's prefetch is per queue (a 2-process worker on 4 queues holds up to 8): held to the
+  farm's cap, the broker dead-lettered 0-8 never-started messages per `make chaos` fanout-parents
+  run. The broker's limit still ends a message that kills its consumer before any task starts
+  (decoding it, say), which the task base never sees. A limit of L allows L + 1 deliveries
+  (measured on 3.10: limit 2 gave three, 0 gave one).
 - ``x-dead-letter-exchange`` is :data:`DEADLETTER`, a fanout exchange into the quorum queue of
   the same name, with at-least-once dead-lettering (the message leaves the farm queue only once
   the dead-letter queue has it). The worker's consumer (workers/consumer.py) moves what arrives
@@ -42,8 +47,8 @@ def is_amqp(url: str) -> bool:
 
 
 def delivery_limit(s: Settings) -> int:
-    """RabbitMQ's x-delivery-limit for FARM_MAX_DELIVERIES (see the module's docstring)."""
-    return s.max_deliveries - 1
+    """RabbitMQ's x-delivery-limit for FARM_MAX_DELIVERIES: a backstop (module docstring)."""
+    return 2 * s.max_deliveries + 2
 
 
 def queue_arguments(s: Settings) -> dict[str, Any]:

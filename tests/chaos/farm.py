@@ -1,15 +1,9 @@
-"""A small farm for one chaos mode: its own servers, worker slots kept filled by a supervisor loop
-(as supervisord keeps its programs), a killer, and the broker's backlog.
+"""A small farm for one chaos mode: its own servers (the broker, either kind: broker.py, and a
+data server), worker slots kept filled by a supervisor loop (as supervisord keeps its programs),
+a killer, and the broker's backlog.
 
-The broker server keeps an append-only file written and fsynced before it answers a write
-(``appendfsync always``). With ``everysec`` it answers before the write is on disk (fsynced once a
-second), and while a background fsync is slow it holds writes back from the file altogether for
-up to 2 s, answering all the same: a server killed then (or a host lost within the second) comes
-back without writes it had acknowledged. That loss would be the server's, not the farm's; with
-``always`` a restarted broker holds every message it ever said yes to. The AOF
-is never rewritten here either (``auto-aof-rewrite-percentage 0``): it stays the whole history of
-what the broker accepted, which ``audit.py`` reads back. The data server (feeds, records, dead
-letters, counters) is never killed and keeps nothing on disk.
+The data server (feeds, records, dead letters, counters) is never killed and keeps nothing on
+disk.
 
 Nothing here imports the farm's settings or Celery app: a mode's process sets its FARM_*
 variables first (see modes.py).
@@ -28,9 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import redis
-
-from tests.chaos.broker import wait_drained
+from tests.chaos.broker import Broker, wait_drained
 from workers.embedded_redis import EmbeddedRedis
 from workers.launcher import READY_MARK, WorkerProcess
 
@@ -122,14 +114,13 @@ def is_ready(worker: WorkerProcess) -> bool:
 
 
 class Farm:
-    def __init__(self, root: Path, slots: list[Slot] | None = None, grace: float = 10.0) -> None:
+    def __init__(self, root: Path, broker: Broker, slots: list[Slot] | None = None,
+                 grace: float = 10.0) -> None:
         self.root = root
         self.logs = root / "logs"
         self.slots = slots or []
         self.grace = grace  # supervisord's stopwaitsecs: a warm stop is cut short after it
-        self.broker = EmbeddedRedis(data_dir=root / "broker", appendonly=True,
-                                    appendfsync="always",
-                                    extra_args=["--auto-aof-rewrite-percentage", "0"])
+        self.broker = broker
         self.data = EmbeddedRedis()
         self.events: list[Event] = []
         self.stops: list[tuple[str, float, bool]] = []  # node, seconds, cut short
@@ -141,22 +132,16 @@ class Farm:
     # -- servers --------------------------------------------------------------------------------
 
     def start_servers(self) -> dict[str, str]:
-        self.broker.start()
+        url = self.broker.start()
         self.data.start()
-        return {"FARM_BROKER_URL": self.broker.url(0), "FARM_REDIS_URL": self.data.url(1)}
+        return {"FARM_BROKER_URL": url, "FARM_REDIS_URL": self.data.url(1)}
 
-    def broker_client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.broker.url(0), socket_timeout=10)
-
-    def crash_broker(self) -> float:
-        """SIGKILL the broker and start it again in place (same port, same AOF); seconds down.
-        From the main thread: the server dies with the thread that started it."""
-        pid = self.broker.proc.pid if self.broker.proc else 0
-        started = time.monotonic()
-        self.broker.kill()
-        self.record("broker", "broker", pid, "server")
-        self.broker.restart()
-        return time.monotonic() - started
+    def crash_broker(self) -> dict[str, float]:
+        """The broker's blow (broker.py: a Redis server SIGKILLed and started again from its
+        AOF; a RabbitMQ vhost's every connection closed). From the main thread: a Redis server
+        dies with the thread that started it."""
+        self.record("broker", "broker", 0, self.broker.kind)
+        return self.broker.blow()
 
     # -- workers --------------------------------------------------------------------------------
 
@@ -289,8 +274,12 @@ class Farm:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
                 w.proc.wait()
-        self.broker.stop()
-        self.data.stop()
+        try:
+            self.broker.stop()
+        finally:
+            self.data.stop()
 
     def wait_drained(self, timeout: float) -> dict[str, int]:
-        return wait_drained(self.broker_client(), timeout)
+        if self.broker.kind == "amqp":  # each look costs a rabbitmqctl run once queues are empty
+            return wait_drained(self.broker.backlog, timeout, settle=2.0, poll=0.25)
+        return wait_drained(self.broker.backlog, timeout)

@@ -1,9 +1,10 @@
 """One chaos mode, start to finish, in this process: servers, workers, kills while the work is
 sent, then drain, sweep the fan-out ledger, replay dead letters, drain again, and check.
 
-Run as ``python -m tests.chaos.modes MODE short|full SEED RESULT_JSON keep|drop`` by the suite
-(tests/chaos/__main__.py), each mode in a process of its own. Every FARM_* variable of the caller
-is dropped first: only the mode's settings count.
+Run as ``python -m tests.chaos.modes MODE short|full SEED RESULT_JSON keep|drop [redis|amqp]``
+by the suite (tests/chaos/__main__.py), each mode in a process of its own. Every FARM_* variable
+of the caller is dropped first: only the mode's settings count. The broker is the mode's own
+either way (broker.py): a Redis server, or a vhost on the machine's RabbitMQ (rabbit.py).
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from config.queues import QUEUES
 from tests.chaos.audit import audit
-from tests.chaos.broker import pending_ids
+from tests.chaos.broker import make_broker
 from tests.chaos.farm import Farm, Sizes
 
 MODES = ("fanout-children", "fanout-parents", "fanout-warm", "fanout-broker", "photos", "push")
@@ -86,14 +86,15 @@ def retrying(send: Any, n: int, patience: float = 60.0) -> int:
             time.sleep(0.2)
 
 
-def run_mode(mode: str, short: bool, seed: int, keep: bool = False) -> dict[str, Any]:
+def run_mode(mode: str, short: bool, seed: int, keep: bool = False,
+             broker: str = "redis") -> dict[str, Any]:
     started = time.monotonic()
     rng = random.Random(f"{seed}:{mode}")
     root = Path(tempfile.mkdtemp(prefix=f"farm-chaos-{mode}-"))
     sizes = sizes_for(mode, short)
     sizes.check()
-    farm = Farm(root, grace=GRACE)
-    result: dict[str, Any] = {"mode": mode, "problems": []}
+    farm = Farm(root, make_broker(broker, root, mode), grace=GRACE)
+    result: dict[str, Any] = {"mode": mode, "broker": broker, "problems": []}
     scenario: Any = None
     try:
         # The mode's own servers in the environment before anything reads the farm's settings
@@ -114,12 +115,12 @@ def run_mode(mode: str, short: bool, seed: int, keep: bool = False) -> dict[str,
 
         s = get_settings()
         if (s.broker_url, s.redis_url, app.conf.broker_url) != (
-                farm.broker.url(0), farm.data.url(1), farm.broker.url(0)):
+                farm.broker.url, farm.data.url(1), farm.broker.url):
             raise RuntimeError(f"settings do not name the mode's servers: {s.broker_url}")
         scenario.setup(farm)
         farm.start_workers(dict(os.environ))
-        say(f"[{mode}] servers on :{farm.broker.port} (broker, AOF always) and "
-            f":{farm.data.port}; {len(farm.slots)} workers up; {sizes.items} items over "
+        say(f"[{mode}] broker: {farm.broker.describe()}; data :{farm.data.port}; "
+            f"{len(farm.slots)} workers up; {sizes.items} items over "
             f"{sizes.kill_seconds:g} s of kills (seed {seed})")
         farm.supervise()
         # The killer's own generator: the sender thread draws from the scenario's meanwhile.
@@ -129,12 +130,14 @@ def run_mode(mode: str, short: bool, seed: int, keep: bool = False) -> dict[str,
         result.update(settled)
         result.update(scenario.check())
         deadlettered = result.pop("deadlettered")
-        pending = pending_ids(farm.broker_client()) if result["left"] else set()
-        a = audit(farm.broker.dir or root, farm.logs, QUEUES, deadlettered, pending)
+        pending = farm.broker.pending_ids() if result["left"] else set()
+        a = audit(farm.broker.sent(), farm.logs, deadlettered, pending)
         result.update(tasks_sent=a.sent, tasks_lost=len(a.lost), ran_twice=a.ran_twice,
                       restored=a.restored,
                       pending=a.pending, lost_by_task=dict(a.lost_by_task()),
-                      sent_by_task=dict(a.by_task))
+                      sent_by_task=dict(a.by_task),
+                      dl_history=[f"{task} {tid}: received {n} times, ran to ok {ok} times"
+                                  for task, tid, n, ok in a.dead[:12]])
         result["problems"] += [f"lost: {s.task} {tid} {s.kwargs}" for tid, s in a.lost[:10]]
         result["orphans"] = farm.orphans()
     finally:
@@ -143,7 +146,7 @@ def run_mode(mode: str, short: bool, seed: int, keep: bool = False) -> dict[str,
             scenario.close()
         farm.teardown()
         if keep:
-            say(f"[{mode}] kept: {root} (broker AOF, worker logs, events.json)")
+            say(f"[{mode}] kept: {root} (broker AOF on Redis, worker logs, events.json)")
         else:
             shutil.rmtree(root, ignore_errors=True)
     result["seconds"] = time.monotonic() - started
@@ -165,18 +168,18 @@ def strike(farm: Farm, scenario: Any, sizes: Any, rng: random.Random) -> dict[st
                 time.sleep(delay)
             failures.append(retrying(scenario.send, n))
 
-    thread = threading.Thread(target=sender, name="chaos-sender")
+    thread = threading.Thread(target=sender, name="chaos-sender", daemon=True)  # a stop ends it
     t0 = time.monotonic()
     thread.start()
     crash_at = t0 + window / 2 if scenario.broker_crash else None
-    down = 0.0
+    blow: dict[str, float] = {}
     while True:
         pause = rng.uniform(0.5, 2.0)
         if time.monotonic() + pause > t0 + window:
             break
         time.sleep(pause)
         if crash_at is not None and time.monotonic() >= crash_at:
-            down, crash_at = farm.crash_broker(), None
+            blow, crash_at = farm.crash_broker(), None
             continue
         while time.monotonic() < t0 + window:  # none consuming yet (all restarting): wait
             if farm.strike(rng, scenario.kinds) is not None:
@@ -185,7 +188,7 @@ def strike(farm: Farm, scenario: Any, sizes: Any, rng: random.Random) -> dict[st
     thread.join()
     kills = Counter(e.kind for e in farm.events if e.kind in KILLS)
     return {"kill_seconds": time.monotonic() - t0, "kills": dict(kills),
-            "send_failures": sum(failures), "broker_down": down}
+            "send_failures": sum(failures), **blow}
 
 
 def settle(farm: Farm, short: bool) -> dict[str, Any]:
@@ -208,12 +211,13 @@ def settle(farm: Farm, short: bool) -> dict[str, Any]:
     left = farm.wait_drained(patience)
     store = feed_store()
     index = store.graph.zrange(store.pending_index, 0, -1)
-    out["chunks_listed"] = sum(int(store.graph.hlen(store.pending_key(int(m.split(":")[0]))))
-                               for m in index)
+    owners = [int((m.decode() if isinstance(m, bytes) else str(m)).split(":")[0]) for m in index]
+    out["chunks_listed"] = sum(int(store.graph.hlen(store.pending_key(o))) for o in owners)
     # Until nothing is left to do: a replayed chunk crosses itself off the ledger, and a chunk
     # the sweep re-sends may itself end as a dead letter.
     dead = DeadLetterStore(r, s)
-    out["deadlettered"], reasons, replayed, resent = set(), Counter(), 0, 0
+    reasons: Counter[str] = Counter()
+    out["deadlettered"], replayed, resent = set(), 0, 0
     deadline, rounds = time.monotonic() + patience, 0
     while time.monotonic() < deadline and rounds < 8:  # a task failing for good stays failed
         rounds += 1
@@ -248,18 +252,20 @@ def passed(r: dict[str, Any]) -> bool:
     return (not r["left"] and not r["problems"] and all(not r.get(k) for k in zero))
 
 
-def main(mode: str, short: bool, seed: int, result_path: str, keep: bool) -> int:
+def main(mode: str, short: bool, seed: int, result_path: str, keep: bool,
+         broker: str = "redis") -> int:
     def stopped(signum: int, frame: Any) -> None:
         raise SystemExit(f"stopped by signal {signum}")  # so run_mode's teardown runs
 
     signal.signal(signal.SIGTERM, stopped)
     try:
-        result = run_mode(mode, short, seed, keep)
+        result = run_mode(mode, short, seed, keep, broker)
     except Exception as exc:  # reported as the mode's failure, with its traceback above
         import traceback
 
         traceback.print_exc()
-        result = {"mode": mode, "passed": False, "error": f"{type(exc).__name__}: {exc}",
+        result = {"mode": mode, "broker": broker, "passed": False,
+                  "error": f"{type(exc).__name__}: {exc}",
                   "problems": [f"harness error: {exc}"]}
     Path(result_path).write_text(json.dumps(result, default=list))
     return 0 if result.get("passed") else 1
@@ -267,4 +273,4 @@ def main(mode: str, short: bool, seed: int, result_path: str, keep: bool) -> int
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1], sys.argv[2] == "short", int(sys.argv[3]), sys.argv[4],
-                  sys.argv[5] == "keep"))
+                  sys.argv[5] == "keep", sys.argv[6] if len(sys.argv) > 6 else "redis"))

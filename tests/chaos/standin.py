@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def serve(directory: Path) -> None:
+    from tasks.push.apns.frames import GOAWAY
     from tests.support import apns_standin
     from tests.support.apns_standin import ApnsStandin, make_key
 
@@ -45,7 +46,7 @@ def serve(directory: Path) -> None:
                 ended[self.number] = [peer[1], None, False]
 
         def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
-            if kind == apns_standin.GOAWAY:
+            if kind == GOAWAY:
                 self.goaway = True
             super()._frame(kind, flags, stream_id, payload)
 

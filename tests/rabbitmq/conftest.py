@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from config.celery_app import FarmCelery
 
 # Every test's queues share the vhost, so they share the delivery limit (a queue declared again
-# with other arguments is refused): 2 deliveries, RabbitMQ's x-delivery-limit 1.
+# with other arguments is refused): 2 starts, RabbitMQ's x-delivery-limit 6 (a backstop).
 MAX_DELIVERIES = "2"
 
 

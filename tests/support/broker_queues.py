@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis
 from kombu import Connection
@@ -30,6 +32,11 @@ class Queues:
         raise NotImplementedError
 
     def depth(self, queue: str) -> int:
+        raise NotImplementedError
+
+    def held(self, queue: str) -> dict[str, int]:
+        """What the broker still holds that could run: queued, unacked (taken by a consumer,
+        not yet acked), in a consumer's in-flight list (Redis's reliable fetch)."""
         raise NotImplementedError
 
     def messages(self, queue: str) -> list[Message]:
@@ -61,6 +68,12 @@ class RedisQueues(Queues):
 
     def depth(self, queue: str) -> int:
         return int(self.client.llen(queue))
+
+    def held(self, queue: str) -> dict[str, int]:
+        inflight = sum(int(self.client.llen(key))
+                       for key in self.client.keys("_kombu.inflight.list.*"))
+        return {"queued": self.depth(queue), "unacked": int(self.client.hlen("unacked")),
+                "inflight": inflight}
 
 
 class RabbitQueues(Queues):
@@ -96,6 +109,28 @@ class RabbitQueues(Queues):
         from config.rabbitmq import queue_depths
 
         return queue_depths(self.url, [queue])[queue]
+
+    def held(self, queue: str) -> dict[str, int]:
+        """Ready messages by a passive declare (exact). Unacked ones: none without a consumer (a
+        closed connection's go back to the queue), else rabbitmqctl's count, which for a quorum
+        queue lags by up to the server's statistics interval (5 s by default)."""
+        with Connection(self.url, connect_timeout=10) as conn:
+            channel: Any = conn.channel()
+            try:
+                ok = channel.queue_declare(queue=queue, passive=True)
+            except conn.channel_errors:  # not declared yet
+                return {"queued": 0, "unacked": 0, "inflight": 0}
+            finally:
+                channel.close()
+        unacked = 0
+        if ok.consumer_count:
+            vhost = unquote(urlsplit(self.url).path.lstrip("/"))
+            out = subprocess.run(["rabbitmqctl", "list_queues", "-q", "--no-table-headers", "-p",
+                                  vhost, "name", "messages_unacknowledged"], capture_output=True,
+                                 text=True, timeout=60, check=True).stdout
+            unacked = next((int(n) for name, n in map(str.split, out.splitlines())
+                            if name == queue), 0)
+        return {"queued": int(ok.message_count), "unacked": unacked, "inflight": 0}
 
 
 BrokerQueues = Queues
