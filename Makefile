@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.webhooks
 	$(BIN)/python -m bench.farm
 	$(BIN)/python -m bench.drain
+	$(BIN)/python -m bench.brokers
 
 # The farm's chaos suite: real workers killed, stopped and restarted, a broker crashed, then
 # every feed entry, push and task accounted for; the last line is the summary (README, "Chaos").

@@ -9,7 +9,7 @@ import sys
 BENCHMARKS = {"enqueue": "bench.enqueue", "resize": "bench.resize", "fanout": "bench.fanout",
               "push": "bench.push", "fetch": "bench.fetch", "webhooks": "bench.webhooks",
               "quality": "bench.quality", "farm": "bench.farm",
-              "drain": "bench.drain", "celebrity": "bench.celebrity"}
+              "drain": "bench.drain", "celebrity": "bench.celebrity", "brokers": "bench.brokers"}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
