@@ -136,32 +136,49 @@ def save_svg(snap: Snapshot, path: str) -> None:
     console.save_svg(path, title="farm top")
 
 
-def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # unwinds through Live and the terminal restore below
+class _Stop:
+    """SIGINT, SIGTERM and SIGHUP leave as q does. The handler only writes a byte to a pipe the
+    key wait also watches: an exception raised wherever the signal lands (inside redis-py or
+    rich, holding a lock that closing then waits on for ever) could hang the exit."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.write_fd, False)
+
+    def handler(self, signum: int, frame: FrameType | None) -> None:
+        with contextlib.suppress(OSError):  # the pipe full: a stop is already asked for
+            os.write(self.write_fd, b"x")
+
+    def close(self) -> None:
+        os.close(self.read_fd)
+        os.close(self.write_fd)
 
 
 @contextlib.contextmanager
-def _keys() -> Iterator[None]:
-    """Single keys without Enter (cbreak: Ctrl-C still interrupts), restored however we leave;
-    SIGTERM and SIGHUP leave as q does."""
+def _keys() -> Iterator[_Stop]:
+    """Single keys without Enter (cbreak), restored however we leave; the stop signals caught."""
     fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd)
-    handlers = {sig: signal.signal(sig, _stop_on_signal) for sig in (signal.SIGTERM,
-                                                                       signal.SIGHUP)}
+    stop = _Stop()
+    handlers = {sig: signal.signal(sig, stop.handler)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         tty.setcbreak(fd)
-        yield
+        yield stop
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
         for sig, old in handlers.items():
             signal.signal(sig, old)
+        stop.close()
 
 
-def _quit_pressed(timeout: float) -> bool:
-    """Wait up to ``timeout`` seconds for a key; True if it asks to quit."""
+def _quit_pressed(timeout: float, stop: _Stop) -> bool:
+    """Wait up to ``timeout`` seconds for a key or a stop signal; True if either asks to quit."""
     deadline = time.monotonic() + timeout
     while (left := deadline - time.monotonic()) > 0:
-        ready, _, _ = select.select([sys.stdin], [], [], left)
+        ready, _, _ = select.select([sys.stdin, stop.read_fd], [], [], left)
+        if stop.read_fd in ready:
+            return True
         if not ready:
             return False
         key = os.read(sys.stdin.fileno(), 32)
@@ -181,7 +198,8 @@ def live(args: argparse.Namespace, clients: Clients, watch: WorkerWatch) -> int:
     samples: deque[Sample] = deque()
     view: Any = Text("farm top: reading the farm...")
     try:
-        with _keys(), Live(view, console=console, screen=True, auto_refresh=False) as screen:
+        with _keys() as stop, Live(view, console=console, screen=True,
+                                   auto_refresh=False) as screen:
             while True:
                 try:
                     cur = _sample(clients)
@@ -194,8 +212,8 @@ def live(args: argparse.Namespace, clients: Clients, watch: WorkerWatch) -> int:
                     view = Text(f"farm top: Redis unreachable ({safe(str(exc), 200)}); "
                                 "retrying each refresh. q: quit")
                 screen.update(view, refresh=True)
-                if _quit_pressed(args.interval):
+                if _quit_pressed(args.interval, stop):
                     break
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a signal before its handler was in place
         pass
     return 0
