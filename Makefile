@@ -23,7 +23,7 @@ serve: $(STAMP)
 
 # The whole suite on Redis, then the delivery guarantees again with RabbitMQ as the broker (a vhost
 # of its own on the machine's server; skipped, saying so, where there is none).
-AMQP_CORE := tests/core/test_delivery.py tests/core/test_retry_deadletter.py tests/social/test_kill.py
+AMQP_CORE := tests/core/test_delivery.py tests/social/test_kill.py
 
 test: $(STAMP)
 	$(BIN)/ruff check .
