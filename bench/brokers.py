@@ -149,10 +149,7 @@ def one_round(broker: Broker, data: redis.Redis, env: dict[str, str], n: int, co
     finished = f"farm:diag:{MARKER}"
     worker = [sys.executable, "-m", "workers.cli", "worker", "--profile", "batch",
               "--concurrency", str(concurrency), "--node", f"brokers-{broker.name}"]
-    from bench.drain import System
-
-    system = System(broker.name, 0, [], worker, "maintenance", "", env=env)
-    with running(system, log) as proc:
+    with running(worker, env, log) as proc:
         wait(lambda: broker.depth() < n, START_PATIENCE, proc, log, "its first message")
         start = time.perf_counter()
         wait(lambda: data.llen(finished) >= n, START_PATIENCE + n / 20, proc, log, "the drain")

@@ -162,12 +162,14 @@ def fill(system: System, server: EmbeddedRedis, n: int) -> None:
 
 
 @contextlib.contextmanager
-def running(system: System, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """The system's worker in its own process group, warm-stopped (SIGTERM) after."""
+def running(argv: list[str], env: dict[str, str],
+            log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A worker (``argv`` with ``env`` over this environment) in its own process group,
+    warm-stopped (SIGTERM) after."""
     from workers.embedded_redis import _die_with_parent
 
     with log.open("ab") as out:
-        proc = subprocess.Popen(system.worker, env=child_env(system.env), cwd=ROOT, stdout=out,
+        proc = subprocess.Popen(argv, env=child_env(env), cwd=ROOT, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True,
                                 preexec_fn=_die_with_parent)
     try:
@@ -217,7 +219,7 @@ def drain_once(system: System, server: EmbeddedRedis, n: int, log: Path) -> Drai
         queued, taken = p.execute()
         return int(queued) + int(taken)
 
-    with running(system, log) as proc:
+    with running(system.worker, system.env, log) as proc:
         wait(lambda: backlog() < n, START_PATIENCE, proc, system, log, "its first message")
         start = time.perf_counter()
         before = commandstats(client)

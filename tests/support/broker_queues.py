@@ -21,7 +21,7 @@ def _short(envelopes: list[dict[str, Any]]) -> list[Message]:
     return [(e["task"], e["kwargs"]) for e in envelopes]
 
 
-class Queues:
+class BrokerQueues:
     """What both brokers answer: ``envelopes`` (task, id, args, kwargs) left on the queue,
     ``take`` off it for good, ``depth``."""
 
@@ -47,7 +47,7 @@ class Queues:
         return _short(self.take_envelopes(queue, limit))
 
 
-class RedisQueues(Queues):
+class RedisQueues(BrokerQueues):
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
 
@@ -76,7 +76,7 @@ class RedisQueues(Queues):
                 "inflight": inflight}
 
 
-class RabbitQueues(Queues):
+class RabbitQueues(BrokerQueues):
     def __init__(self, url: str) -> None:
         self.url = url
 
@@ -132,5 +132,3 @@ class RabbitQueues(Queues):
                             if name == queue), 0)
         return {"queued": int(ok.message_count), "unacked": unacked, "inflight": 0}
 
-
-BrokerQueues = Queues
