@@ -19,6 +19,7 @@ from config.settings import Settings, get_settings
 if TYPE_CHECKING:
     from celery.result import AsyncResult
 
+BROKER_SOCKET_TIMEOUT = 10.0  # seconds; a consumer's waits are on the event loop, not under this
 RELIABLE_TRANSPORT = "config.reliable_redis:Transport"
 STOCK_TRANSPORT = "kombu.transport.redis:Transport"
 RELIABLE_SENTINEL = "config.reliable_redis:SentinelTransport"
@@ -74,6 +75,11 @@ def redis_config(s: Settings) -> dict[str, Any]:
             # killed mid-sweep would stall every redelivery for five minutes.
             "unacked_mutex_expire": max(5, 2 * s.restore_interval),
             "inflight_heartbeat": s.inflight_heartbeat,
+            # A broker reply takes milliseconds. Without a deadline, a worker whose host loses
+            # its link waits forever in a synchronous call (a task-event PUBLISH, found by
+            # tests/hosts), its event loop frozen: no acks, no time limits, no reconnect.
+            "socket_timeout": BROKER_SOCKET_TIMEOUT,
+            "socket_connect_timeout": BROKER_SOCKET_TIMEOUT,
             **transport_options(s, s.broker_url),
         },
 

@@ -73,6 +73,20 @@ class ReliableQoS(kombu_redis.QoS):
         record, in the step that took the message (kombu's append would write it again)."""
         VirtualQoS.append(self, message, delivery_tag)
 
+    def ack(self, delivery_tag: str) -> None:
+        """kombu's ack, except that one the broker does not take (a lost connection) still
+        frees this consumer's prefetch slot before the error goes up (Celery logs it): the
+        message stays unacked on the broker and comes back after the visibility timeout. Kept
+        here, it held the slot for good, and a worker whose every slot was held so never
+        fetched again once its link was back (found by tests/hosts/test_host_loss.py)."""
+        refused: tuple[type[BaseException], ...] = (*self.channel.connection_errors,
+                                                     redis.RedisError)
+        try:
+            super().ack(delivery_tag)
+        except refused:
+            virtual_ack(self, delivery_tag)
+            raise
+
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         """kombu's reject, except that a requeue the broker refuses (writes denied, a failover,
         a lost connection) leaves the message recorded as unacked for the visibility sweep to

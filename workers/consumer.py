@@ -30,7 +30,7 @@ import logging
 import re
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import redis
 from celery.utils.saferepr import saferepr
@@ -57,6 +57,7 @@ MAX_ERROR = 500  # a dead letter's one-line error
 MAX_TOO_LARGE_KEPT = 2048  # of an oversized body: its start says what it was
 # Protocol 2's body is [args, kwargs, embed]; its headers and the envelope add a little.
 MAX_BODY_BYTES = MAX_MESSAGE_BYTES + 4096
+HEART, STOCK_HEART = "workers.heartbeat:Heart", "celery.worker.consumer.heart:Heart"
 UNPARSABLE_SWEEP = 10.0  # seconds between moves of reliable fetch's set-aside messages
 _ID = re.compile(r"[0-9A-Za-z_.:-]{1,64}")
 
@@ -72,6 +73,11 @@ class BadMessage(Exception):
 
 class FarmConsumer(BatchedEvents, Consumer):
     connection_errors: tuple[type[BaseException], ...]  # Celery's; not in celery-types' stubs
+
+    class Blueprint(Consumer.Blueprint):  # type: ignore[misc,valid-type]  # celery-types
+        # heartbeats that never block the event loop on a broker out of reach
+        default_steps: ClassVar[list[str]] = [
+            HEART if step == STOCK_HEART else step for step in Consumer.Blueprint.default_steps]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

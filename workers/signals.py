@@ -8,6 +8,7 @@ from typing import Any
 
 from celery.signals import (
     task_received,
+    worker_process_init,
     worker_process_shutdown,
     worker_ready,
     worker_shutdown,
@@ -16,12 +17,16 @@ from celery.signals import (
 
 from config.settings import get_settings
 from tasks.core.base import task_tally
-from workers import faults, metrics
+from workers import faults, metrics, pool_results
 
 log = logging.getLogger("farm.worker")
 
 # Prometheus: this node's metrics files and the per-task hooks, before any task runs.
 metrics.connect(get_settings())
+
+
+# A prefork child's result writes kept whole when its soft time limit fires (pool_results.py).
+worker_process_init.connect(pool_results.install, weak=False)
 
 
 @worker_ready.connect

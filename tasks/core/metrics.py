@@ -27,6 +27,7 @@ from config.settings import Settings
 log = logging.getLogger("farm.metrics")
 
 FLUSH_SECONDS = 0.25
+WARN_EVERY = 60.0  # seconds between warnings while the data Redis refuses the counts
 
 OUTCOMES = ("ok", "retry", "deadletter", "requeued", "interrupted")
 
@@ -66,6 +67,7 @@ class Tally:
         self._counts: Counter[str] = Counter()
         self._ms: defaultdict[str, float] = defaultdict(float)
         self._owner = 0  # pid whose flusher thread runs; a forked child starts its own
+        self._warned_at: float | None = None  # when "not written yet" was last logged
         os.register_at_fork(after_in_child=self._forget)
 
     def _forget(self) -> None:
@@ -102,7 +104,12 @@ class Tally:
                 self._counts.update(counts)
                 for field, total in ms.items():
                     self._ms[field] += total
-            log.warning("task counters not written yet: %s", exc)
+            now = time.monotonic()  # warned once a minute, not four times a second
+            if self._warned_at is None or now - self._warned_at >= WARN_EVERY:
+                self._warned_at = now
+                log.warning("task counters not written yet: %s", exc)
+        else:
+            self._warned_at = None
 
 
 def incr(client: redis.Redis, s: Settings, name: str, amount: int = 1) -> None:

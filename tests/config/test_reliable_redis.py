@@ -183,3 +183,22 @@ def test_a_channel_closed_twice_raises_nothing(url: str, server: redis.Redis) ->
             assert channel.connection is None
             channel.close()
     assert not server.hlen(INFLIGHT_INDEX)
+
+
+def test_an_ack_the_broker_does_not_take_still_frees_the_prefetch_slot() -> None:
+    """The broker gone between a task's run and its ack: the ack raises (Celery logs it), the
+    message stays unacked on the broker for the visibility sweep, and the consumer's prefetch
+    slot is free again. Held, a worker whose every slot was held so never fetched again once
+    its link came back (tests/hosts/test_host_loss.py)."""
+    with EmbeddedRedis() as broker:
+        url = broker.url(0)
+        publish(url, "a", {"n": 1})
+        with Connection(url, transport=TRANSPORT, transport_options=OPTIONS) as conn:
+            channel = conn.channel()
+            channel.basic_qos(0, 1, False)
+            message = channel.basic_get("a")
+            assert message is not None and not channel.qos.can_consume()
+            broker.kill()
+            with pytest.raises(conn.connection_errors):
+                message.ack()
+            assert channel.qos.can_consume()

@@ -106,6 +106,10 @@ class Host:
         """Pull the cable: the namespace's end of the link down."""
         _ip("link", "set", f"pfn{self.n}", "down", ns=self.ns)
 
+    def restore(self) -> None:
+        """Put the cable back."""
+        _ip("link", "set", f"pfn{self.n}", "up", ns=self.ns)
+
 
 @contextlib.contextmanager
 def hosts(count: int, redis_ports: list[int]) -> Iterator[list[Host]]:

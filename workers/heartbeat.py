@@ -1,0 +1,45 @@
+"""Worker heartbeats that never hold up the worker's event loop.
+
+Celery sends a ``worker-heartbeat`` event every 2 s from a timer on the consumer's event loop,
+publishing with retries and no limit on them (``celery.worker.heartbeat.Heart._send(retry=True)``
+and kombu's ``ensure`` with ``max_retries=None``); ``worker-offline`` at shutdown the same way. A
+worker whose broker is out of reach then sits in that retry loop for as long as the outage
+lasts: no acks, no time limits, and never Celery's own reconnect, which gives up after
+``broker_connection_max_retries`` and lets supervisord restart the worker. Found by
+tests/hosts/test_host_loss.py.
+
+Here each heartbeat is sent once. One that fails raises the broker's connection error out of
+the loop, and the consumer reconnects as for any lost connection; the next heartbeat follows
+two seconds later. A ``worker-offline`` the broker does not take is logged and dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.worker import heartbeat
+from celery.worker.consumer import heart
+
+log = logging.getLogger("farm.worker")
+
+
+class OnceHeart(heartbeat.Heart):
+    def _send(self, event: str, retry: bool = False) -> Any:
+        return heartbeat.Heart._send(self, event, retry=False)  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        except Exception as exc:  # shutting down: Flower marks the worker offline by silence
+            log.warning("worker-offline event not sent: %s", exc)
+
+
+class Heart(heart.Heart):
+    """The consumer's heartbeat step (workers/consumer.py's blueprint), sending with OnceHeart."""
+
+    heartbeat_interval: float | None  # Celery's step sets it; celery-types leaves it out
+
+    def start(self, c: Any) -> None:
+        c.heart = OnceHeart(c.timer, c.event_dispatcher, self.heartbeat_interval)
+        c.heart.start()
