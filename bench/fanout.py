@@ -4,7 +4,9 @@
 
 1. Followers written per second by one chunk-writing process (tasks.feeds.fanout.write_chunk over
    every chunk of an N-follower owner, N = 1M by default), beside redis-benchmark's pipelined LPUSH
-   rate (`redis-benchmark -t lpush -P 100`) against the same server, and the ratio. With
+   rate (`redis-benchmark -t lpush -P 100`) against the same server, and the ratio; and beside
+   the server's bare write loop (BARE_LOOP: the two commands every follower costs, nothing
+   else), a ceiling for any fan-out that keeps feeds in order and never writes an id twice. With
    ``--shards S``, the feeds then live on S servers of their own (FARM_FEED_SHARDS) and the
    same process writes the same owner's chunks again: the sharded rate beside the one-server
    rate of the same run.
@@ -55,6 +57,35 @@ def lpush_baseline(port: int, password: str, requests: int) -> float | None:
                           str(requests), "-q"], capture_output=True, text=True, timeout=300)
     match = re.search(r"LPUSH[^:]*:\s*([\d.]+)\s*requests per second", out.stdout)
     return float(match.group(1)) if match else None
+
+
+# The least a fan-out write can cost per follower on the server: one script per slice, and per
+# follower only the feed's head read and the id pushed (no follower selection, no activity
+# check, no marker, ids made in Lua rather than read). A ceiling, not a rival design.
+BARE_LOOP = """
+local id, prefix, first, last = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+for uid = first, last do
+  local key = prefix .. uid
+  local head = redis.call('LINDEX', key, '0')
+  if not head or head < id then redis.call('LPUSH', key, id) end
+end
+return last - first + 1
+"""
+
+
+def bare_loop_rate(url: str, followers: int, slice_size: int) -> float:
+    """Followers per second of BARE_LOOP into as many new feeds, in a database of its own (an
+    empty keyspace, as the chunk writer's feeds started in), emptied after."""
+    r = redis.Redis.from_url(url)
+    sha = r.script_load(BARE_LOOP)
+    start = time.perf_counter()
+    for first in range(FIRST_FOLLOWER, FIRST_FOLLOWER + followers, slice_size):
+        last = min(first + slice_size, FIRST_FOLLOWER + followers) - 1
+        r.evalsha(sha, 0, "2000000000000000009", "bench:bare:", first, last)
+    elapsed = time.perf_counter() - start
+    r.flushdb(asynchronous=False)
+    r.close()
+    return followers / elapsed
 
 
 def chunk_rate(photo: int) -> tuple[float, int]:
@@ -152,6 +183,12 @@ def main() -> None:
 
         rate, written = chunk_rate(2_000_000_000_000_000_000)
         print(f"one chunk-writing process: {rate:,.0f} followers/s ({written} written)")
+        from tasks.feeds.fanout import WRITE_SLICE
+
+        bare = bare_loop_rate(server.url(3), opts.followers, WRITE_SLICE)
+        print(f"the server's bare write loop (LINDEX + LPUSH per new feed in one script per "
+              f"{WRITE_SLICE}, nothing else): {bare:,.0f} followers/s; the chunk writer did "
+              f"{rate / bare:.2f} of it")
         sharded = 0.0
         if shards:
             os.environ["FARM_FEED_SHARDS"] = ",".join(shard.url(0) for shard in shards)
@@ -177,7 +214,8 @@ def main() -> None:
     ratio = f"{rate / lpush:.2f} of pipelined LPUSH" if lpush else "no LPUSH baseline"
     spread = (f"; {sharded:,.0f}/s on {opts.shards} shards ({sharded / rate:.2f} of one server)"
               if shards else "")
-    print(f"{rate:,.0f} followers/s per process ({ratio}; goals >= 400k/s and >= 0.25){spread}, "
+    print(f"{rate:,.0f} followers/s per process ({ratio}, {rate / bare:.2f} of the bare write "
+          f"loop's {bare:,.0f}/s; goals >= 400k/s and >= 0.25){spread}, "
           f"{e2e:.2f} s for {opts.followers:,} followers end to end (goal <= 5 s), "
           f"{per_entry:.1f} bytes/entry (goal <= 12)")
 
