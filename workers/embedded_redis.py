@@ -66,12 +66,15 @@ class EmbeddedRedis:
     def __init__(self, port: int | None = None, databases: int = 16, *,
                  data_dir: Path | None = None, appendonly: bool = False,
                  appendfsync: str = "always", extra_args: Sequence[str] = (),
-                 password: str | None = None) -> None:
+                 password: str | None = None, address: str = "127.0.0.1",
+                 launcher: Sequence[str] = ()) -> None:
         """``data_dir``: a directory of the caller's, kept at ``stop()`` (default: a temporary
         one, removed). ``appendonly``: persist every write to an append-only file in it, synced
         to disk as ``appendfsync`` says (``always``: before the write is acknowledged).
         ``extra_args``: more server options, e.g. ``["--auto-aof-rewrite-percentage", "0"]``.
-        ``password``: the one the server requires (default: generated, kept for ``restart()``)."""
+        ``password``: the one the server requires (default: generated, kept for ``restart()``).
+        ``address``: the one it listens on; ``launcher``: a command it runs under (the tests'
+        hosts: ``ip netns exec NS``, with the namespace's address)."""
         self.port = port
         self.databases = databases
         self.proc: subprocess.Popen[bytes] | None = None
@@ -81,16 +84,17 @@ class EmbeddedRedis:
         self.appendfsync = appendfsync
         self.extra_args = list(extra_args)
         self.password = password or secrets.token_urlsafe(32)
+        self.address, self.launcher = address, list(launcher)
         if not self.password.replace("-", "").replace("_", "").isalnum():
             raise ValueError("password: letters, digits, '-' and '_' only (it goes in a URL "
                              "and a config file)")
 
     def url(self, db: int = 0) -> str:
         """The URL clients connect with, password included: not for printing or logging."""
-        return f"redis://:{quote(self.password, safe='')}@127.0.0.1:{self.port}/{db}"
+        return f"redis://:{quote(self.password, safe='')}@{self.address}:{self.port}/{db}"
 
     def display_url(self, db: int = 0) -> str:
-        return f"redis://:***@127.0.0.1:{self.port}/{db}"
+        return f"redis://:***@{self.address}:{self.port}/{db}"
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         if self.data_dir is not None:
@@ -132,8 +136,8 @@ class EmbeddedRedis:
         persist = (["--appendonly", "yes", "--appendfsync", self.appendfsync]
                    if self.appendonly else ["--appendonly", "no"])
         # The config file first (the server's syntax), then options; no secret on this line.
-        return [str(server_binary()), str(self.dir / CONF_FILE), "--port", str(port),
-                "--bind", "127.0.0.1", "--save", "", *persist, "--dir", str(self.dir),
+        return [*self.launcher, str(server_binary()), str(self.dir / CONF_FILE), "--port",
+                str(port), "--bind", self.address, "--save", "", *persist, "--dir", str(self.dir),
                 "--databases", str(self.databases), "--protected-mode", "yes",
                 "--logfile", str(self.dir / "server.log"), *self.extra_args]
 
@@ -155,7 +159,7 @@ class EmbeddedRedis:
         raise RuntimeError(f"embedded Redis did not start; see {self.dir / 'server.log'}")
 
     def _wait_ready(self, port: int, timeout: float) -> bool:
-        client = redis.Redis(host="127.0.0.1", port=port, password=self.password,
+        client = redis.Redis(host=self.address, port=port, password=self.password,
                              socket_timeout=1)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -19,7 +19,7 @@ import redis
 from config.celery_app import app
 from tests.conftest import BROKER_DB, DATA_DB
 from tests.support import netns
-from tests.support.workers import FAST_REDELIVERY, wait_for
+from tests.support.workers import FAST_REDELIVERY, WorkerFactory, wait_for
 from workers.embedded_redis import EmbeddedRedis
 from workers.launcher import WorkerProcess
 
@@ -142,3 +142,55 @@ def test_fan_out_over_feed_shards_survives_a_host_cut_off(
           f"complete {took:.1f} s after the cut, "
           f"{len(data.keys('farm:deliveries:*'))} chunks restored by the visibility timeout")
 
+
+
+def test_a_feed_shard_on_a_host_cut_off_mid_fan_out_loses_nothing_once_back(
+        redis_server: EmbeddedRedis, data: redis.Redis, workers: WorkerFactory,
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A feed shard on a host of its own (its server inside a namespace), the workers here: its
+    cable pulled mid fan-out for a while, then put back. Chunks bound for it fail (the kernel
+    gives up on the unreachable host within seconds) and retry; once it is back every follower
+    has every post once, in order, the ledger empties, and nothing is dead-lettered."""
+    from config.settings import get_settings
+    from tasks.feeds.store import feed_store
+    from tests.feeds.test_fanout import add_followers, photo
+
+    owner, posts, followers = 1, 8, list(range(1000, 4000))
+    with netns.hosts(1, []) as (shard_host,):
+        shard = EmbeddedRedis(port=6380, address=shard_host.address,
+                              launcher=shard_host.wrap([])).start()
+        try:
+            redis.Redis.from_url(redis_server.url(2)).flushdb()
+            shards = ",".join([shard.url(0), redis_server.url(2)])
+            monkeypatch.setenv("FARM_FEED_SHARDS", shards)
+            get_settings.cache_clear()
+            store = feed_store()
+            add_followers(store, owner, followers)
+            feed = workers("feed", concurrency=2, queues=["feeds", "feeds_batch"],
+                           env={"FARM_FEED_SHARDS": shards, "FARM_FEED_CHUNK_SIZE": "100"})
+            for n in range(1, posts + 1):
+                app.send_task("feeds.fanout", kwargs={"photo_id": photo(n), "owner_id": owner})
+            wait_for(lambda: feed.log().count("task=feeds.fanout_chunk id=") >= 20, timeout=60,
+                     what="the fan-out under way")
+            shard_host.cut()
+            # Down long enough for chunks to fail against it and be retried (not a sleep: the
+            # workers say so), then back.
+            wait_for(lambda: feed.log().count("status=retry") >= 2, timeout=90,
+                     what="chunks failing against the cut-off shard and retrying")
+            shard_host.restore()
+            back_at = time.monotonic()
+            expected = [photo(n) for n in range(posts, 0, -1)]
+            wait_for(lambda: all(len(store.feed_page(u, limit=posts + 1)) == posts
+                                 for u in followers), timeout=120, interval=0.5,
+                     what="every follower's every post")
+            took = time.monotonic() - back_at
+            wait_for(lambda: not data.keys("farm:fanout_pending:*"), timeout=60,
+                     what="the fan-out ledger to empty")
+            assert all(store.feed_page(u, limit=posts + 1) == expected for u in followers)
+            assert not data.keys("farm:deadletter*"), "a chunk was dead-lettered"
+            retries = feed.log().count("status=retry")
+        finally:
+            shard.stop()
+            get_settings.cache_clear()
+    print(f"feed shard host cut off mid fan-out: {posts} posts x {len(followers)} followers, "
+          f"{retries} chunk retries, complete {took:.1f} s after the cable was back")

@@ -94,6 +94,11 @@ class Host:
     def gateway(self) -> str:
         return f"{SUBNET}.{self.n}.1"
 
+    @property
+    def address(self) -> str:
+        """This host's own address, which this side reaches over the link."""
+        return f"{SUBNET}.{self.n}.2"
+
     def redis_url(self, password: str, port: int, db: int) -> str:
         """The URL that reaches 127.0.0.1:``port``, database ``db``, from inside this host."""
         return f"redis://:{password}@{self.gateway}:{self.forwarders[port].port}/{db}"
