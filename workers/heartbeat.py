@@ -8,9 +8,10 @@ lasts: no acks, no time limits, and never Celery's own reconnect, which gives up
 ``broker_connection_max_retries`` and lets supervisord restart the worker. Found by
 tests/hosts/test_host_loss.py.
 
-Here each heartbeat is sent once. One that fails raises the broker's connection error out of
-the loop, and the consumer reconnects as for any lost connection; the next heartbeat follows
-two seconds later. A ``worker-offline`` the broker does not take is logged and dropped.
+Here each heartbeat is sent once. One that fails is kept by Celery's event dispatcher, as any
+event it cannot send (``buffer_while_offline``), and goes out with the first send that gets
+through; the loop goes on, and the next heartbeat follows two seconds later. A
+``worker-offline`` the broker does not take is logged and dropped.
 """
 
 from __future__ import annotations
