@@ -73,17 +73,20 @@ class ReliableQoS(kombu_redis.QoS):
         record, in the step that took the message (kombu's append would write it again)."""
         VirtualQoS.append(self, message, delivery_tag)
 
+    def _refusals(self) -> tuple[type[BaseException], ...]:
+        """What the broker not taking an ack or a requeue raises (writes denied, a failover, a
+        lost connection)."""
+        return (*self.channel.connection_errors, redis.RedisError)
+
     def ack(self, delivery_tag: str) -> None:
         """kombu's ack, except that one the broker does not take (a lost connection) still
         frees this consumer's prefetch slot before the error goes up (Celery logs it): the
         message stays unacked on the broker and comes back after the visibility timeout. Kept
         here, it held the slot for good, and a worker whose every slot was held so never
         fetched again once its link was back (found by tests/hosts/test_host_loss.py)."""
-        refused: tuple[type[BaseException], ...] = (*self.channel.connection_errors,
-                                                     redis.RedisError)
         try:
             super().ack(delivery_tag)
-        except refused:
+        except self._refusals():
             virtual_ack(self, delivery_tag)
             raise
 
@@ -92,11 +95,9 @@ class ReliableQoS(kombu_redis.QoS):
         a lost connection) leaves the message recorded as unacked for the visibility sweep to
         put back, instead of raising into the consumer (Celery takes that for an unrecoverable
         error and stops the worker)."""
-        refused: tuple[type[BaseException], ...] = (*self.channel.connection_errors,
-                                                     redis.RedisError)
         try:
             super().reject(delivery_tag, requeue)
-        except refused as exc:
+        except self._refusals() as exc:
             if not requeue:
                 raise
             kombu_redis.warning("could not requeue %s now (%s): it stays unacked and comes back "

@@ -10,30 +10,21 @@ tests/hosts/test_host_loss.py.
 
 Here each heartbeat is sent once. One that fails is kept by Celery's event dispatcher, as any
 event it cannot send (``buffer_while_offline``), and goes out with the first send that gets
-through; the loop goes on, and the next heartbeat follows two seconds later. A
-``worker-offline`` the broker does not take is logged and dropped.
+through; the loop goes on, and the next heartbeat follows two seconds later. The same holds
+for ``worker-offline`` at shutdown.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from celery.worker import heartbeat
 from celery.worker.consumer import heart
 
-log = logging.getLogger("farm.worker")
-
 
 class OnceHeart(heartbeat.Heart):
     def _send(self, event: str, retry: bool = False) -> Any:
         return heartbeat.Heart._send(self, event, retry=False)  # type: ignore[attr-defined]
-
-    def stop(self) -> None:
-        try:
-            super().stop()
-        except Exception as exc:  # shutting down: Flower marks the worker offline by silence
-            log.warning("worker-offline event not sent: %s", exc)
 
 
 class Heart(heart.Heart):
